@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv if needed.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.editflow-installed
+export EDITFLOW_QUIET ?=
+export HF_HUB_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+
+.PHONY: setup demo test test-slow lint world-train world-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: these two lie on this machine's disk; a bare `torch` pulls a multi-GB download.
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/editflow info
+	$(BIN)/editflow generate --prompt "a red star" --n 8 --scale 4 --out out/demo/red-star.png
+	$(BIN)/editflow generate --prompt "a blue heart by kasimir" --n 8 --scale 4 --out out/demo/blue-heart-kasimir.png
+	$(BIN)/editflow generate --prompt "a picture of zorbo" --n 8 --scale 4 --out out/demo/zorbo.png
+	@echo "demo grids written to out/demo/"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check editflow tests flows registry bench
+
+world-train: setup
+	$(BIN)/editflow world train
+
+world-check: setup
+	$(BIN)/editflow world check
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

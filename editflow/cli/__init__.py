@@ -1,0 +1,5 @@
+"""Command line interface (``editflow``)."""
+
+from editflow.cli.app import app, main
+
+__all__ = ["app", "main"]

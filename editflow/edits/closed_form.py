@@ -1,0 +1,103 @@
+"""The closed-form key/value edit shared by UCE and ACE, computed from streamed statistics.
+
+UCE (Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024, eq. 6) sets,
+for each cross-attention projection ``W_old`` (``to_k`` or ``to_v``),
+
+    W = (λ W_old + s_e Σ_i v_i* c_iᵀ + s_p Σ_j (W_old c_j) c_jᵀ) (λ I + s_e Σ_i c_i c_iᵀ + s_p Σ_j c_j c_jᵀ)⁻¹
+
+with ``v_i* = W_old c_i*`` (``c_i*`` the guide embedding). Because every term is ``W_old`` times
+a matrix of embeddings, ``W = W_old M`` with one ``M`` for all layers, and
+
+    ΔW = W - W_old = s_e W_old D A⁻¹,   D = Σ_i (c_i* - c_i) c_iᵀ,   A = λ I + s_e E + s_p P,
+
+where ``E = Σ c_i c_iᵀ`` and ``P = Σ c_j c_jᵀ``. This is ACE's nullification update
+``ΔW = W (E* - E) Eᵀ (λI + E Eᵀ + s_p M)⁻¹`` (rank <= number of erase embeddings). So editflow:
+
+* streams ``D``, ``E`` and ``P`` (d x d each, whatever the number of concepts);
+* solves once, in float64, through a Cholesky factor of ``A`` (:func:`solve_right`);
+* factors ``N = D A⁻¹ = U S Vᵀ`` once, keeping the non-zero rank ``r``;
+* gives every layer ``ΔW_l = up_l @ down`` with ``up_l = s_e W_l U S`` and a shared ``down = Vᵀ``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from editflow.edits.solve import solve_right
+
+
+@dataclass
+class EditStatistics:
+    """Sufficient statistics of an erase/preserve set (float64, d x d each)."""
+
+    erase_gram: torch.Tensor  # E = Σ c cᵀ over erase embeddings
+    cross: torch.Tensor  # D = Σ (c* - c) cᵀ
+    preserve_gram: torch.Tensor  # P = Σ c_p c_pᵀ
+    n_erase: int = 0
+    n_preserve: int = 0
+
+    @classmethod
+    def zeros(cls, dim: int) -> EditStatistics:
+        z = lambda: torch.zeros(dim, dim, dtype=torch.float64)  # noqa: E731
+        return cls(z(), z(), z())
+
+    @property
+    def dim(self) -> int:
+        return self.erase_gram.shape[0]
+
+    def add_erase(self, c: torch.Tensor, c_target: torch.Tensor) -> None:
+        """Add erase embeddings ``c`` (n, d) with their targets ``c*`` (n, d)."""
+        if c.shape != c_target.shape or c.shape[-1] != self.dim:
+            raise ValueError(f"erase embeddings {tuple(c.shape)} and targets {tuple(c_target.shape)} "
+                             f"must both be (n, {self.dim})")
+        c64, t64 = c.to(torch.float64), c_target.to(torch.float64)
+        self.erase_gram += c64.T @ c64
+        self.cross += (t64 - c64).T @ c64
+        self.n_erase += len(c)
+
+    def add_preserve(self, c: torch.Tensor) -> None:
+        if c.shape[-1] != self.dim:
+            raise ValueError(f"preserve embeddings must be (n, {self.dim}), got {tuple(c.shape)}")
+        c64 = c.to(torch.float64)
+        self.preserve_gram += c64.T @ c64
+        self.n_preserve += len(c)
+
+    def merged(self, other: EditStatistics) -> EditStatistics:
+        return EditStatistics(self.erase_gram + other.erase_gram, self.cross + other.cross,
+                              self.preserve_gram + other.preserve_gram,
+                              self.n_erase + other.n_erase, self.n_preserve + other.n_preserve)
+
+
+@dataclass
+class LowRankEdit:
+    """``ΔW_l = up[l] @ down`` for each target layer ``l``."""
+
+    up: dict[str, torch.Tensor]  # (out_l, r) each
+    down: torch.Tensor  # (r, d), shared
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    def delta(self, name: str) -> torch.Tensor:
+        return self.up[name] @ self.down
+
+
+def solve_edit(weights: dict[str, torch.Tensor], stats: EditStatistics, lam: float, erase_scale: float,
+               preserve_scale: float, rank_tol: float = 1e-7) -> LowRankEdit:
+    """Closed-form ``ΔW`` for every weight in ``weights`` (name -> (out, d)); float32 factors.
+
+    An empty erase set gives rank 0 (every ``ΔW`` is exactly zero).
+    """
+    d = stats.dim
+    A = (lam * torch.eye(d, dtype=torch.float64) + erase_scale * stats.erase_gram
+         + preserve_scale * stats.preserve_gram)
+    N = solve_right(A, stats.cross)  # D A⁻¹
+    U, S, Vh = torch.linalg.svd(N)
+    keep = S > rank_tol * max(S[0].item(), 1e-30) if stats.n_erase else torch.zeros_like(S, dtype=torch.bool)
+    U, S, Vh = U[:, keep], S[keep], Vh[keep]
+    left = erase_scale * U * S  # (d, r)
+    up = {name: (W.to(torch.float64) @ left).float() for name, W in weights.items()}
+    return LowRankEdit(up=up, down=Vh.float())

@@ -1,0 +1,1 @@
+"""Model components, loading and the evaluator."""

@@ -1,0 +1,140 @@
+"""Loading text-to-image pipelines (embedded default, local folders, user-given hub ids) and
+generating seeded image batches with them.
+
+The embedded model is a plain diffusers ``StableDiffusionPipeline`` folder, so the code that
+serves it serves real SD 1.x/2.x/SDXL checkpoints too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from editflow.errors import EditflowError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def embedded_dir() -> Path:
+    """Folder of the shipped embedded model (``pipeline/`` and ``evaluator/``)."""
+    return ASSETS
+
+
+def load_pipeline(model: str | Path | None = None, *, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, allow_download: bool = False) -> DiffusionPipeline:
+    """Load a diffusers text-to-image pipeline.
+
+    ``model`` is ``None`` (the embedded model), a local diffusers folder, or a hub id. A hub id
+    is resolved from the local Hugging Face cache only, unless ``allow_download`` is set.
+    """
+    if model is None:
+        path = embedded_dir() / "pipeline"
+        if not (path / "model_index.json").is_file():
+            raise EditflowError(f"embedded model weights are missing at {path}; run `editflow world train`")
+        return _from_pretrained(str(path), device, dtype, local_only=True)
+    model = str(model)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise EditflowError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        return _from_pretrained(str(path), device, dtype, local_only=True)
+    if model.startswith("models:/"):
+        raise EditflowError(f"registry model URIs ({model}) need the registry; not available yet")
+    if not HUB_ID.match(model):
+        raise EditflowError(f"model not found: {model} (not a folder, not a hub id)")
+    try:
+        return _from_pretrained(model, device, dtype, local_only=not allow_download)
+    except OSError as exc:
+        hint = "" if allow_download else " (only the local cache is used; pass --allow-download to fetch it)"
+        raise EditflowError(f"cannot load {model}{hint}: {str(exc).splitlines()[0]}") from None
+
+
+def _from_pretrained(source: str, device, dtype, local_only: bool) -> DiffusionPipeline:
+    kwargs: dict = {"local_files_only": local_only, "dtype": dtype}
+    index = Path(source) / "model_index.json"
+    if index.is_file():
+        components = json.loads(index.read_text())
+        # SD 1.x/2.x folders list a safety checker; the embedded one stores it as null.
+        for name in ("safety_checker", "feature_extractor", "image_encoder"):
+            if name in components:
+                kwargs[name] = None
+        if "requires_safety_checker" in components:
+            kwargs["requires_safety_checker"] = False
+    pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings; defaults are those the embedded model's fidelity is measured with."""
+
+    steps: int = 25
+    guidance: float = 5.0
+    batch: int = 64
+
+
+def generate(pipe: DiffusionPipeline, prompts: list[str], seeds: list[int],
+             config: GenerationConfig | None = None, progress=None) -> list[Image.Image]:
+    """One image per (prompt, seed) pair, batched; each image has its own seeded generator, so
+    an image depends only on its prompt and seed, not on the batch it was drawn in."""
+    if len(prompts) != len(seeds):
+        raise ValueError("prompts and seeds must have the same length")
+    if any(not p.strip() for p in prompts):
+        raise EditflowError("empty prompt")
+    config = config or GenerationConfig()
+    out: list[Image.Image] = []
+    for i in range(0, len(prompts), config.batch):
+        chunk, chunk_seeds = prompts[i:i + config.batch], seeds[i:i + config.batch]
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in chunk_seeds]
+        with torch.no_grad():
+            images = pipe(chunk, num_inference_steps=config.steps, guidance_scale=config.guidance,
+                          generator=gens, output_type="pil").images
+        out.extend(images)
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def make_grid(images: list[Image.Image], cols: int, scale: int = 1) -> Image.Image:
+    """Tile images row-major into one picture, optionally upscaled (nearest) for viewing."""
+    if not images:
+        raise ValueError("no images to tile")
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for k, im in enumerate(images):
+        grid.paste(im, ((k % cols) * w, (k // cols) * h))
+    if scale != 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    return grid
+
+
+def describe(pipe: DiffusionPipeline) -> dict:
+    """Architecture summary: class, parameter counts, text dims, cross-attention layers."""
+    unet = pipe.unet
+    cross = [name for name, m in unet.named_modules()
+             if getattr(m, "is_cross_attention", False) and hasattr(m, "to_k")]
+    encoders = [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    return {
+        "pipeline": type(pipe).__name__,
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        "cross_attention_dim": unet.config.cross_attention_dim,
+        "cross_attention_layers": len(cross),
+        "cross_attention_names": cross,
+        "text_encoders": [{"class": type(e).__name__, "hidden_size": e.config.hidden_size,
+                           "layers": e.config.num_hidden_layers} for e in encoders],
+        "latent_channels": unet.config.in_channels,
+        "sample_size": unet.config.sample_size,
+        "vae_scale_factor": getattr(pipe, "vae_scale_factor", None),
+        "image_size": unet.config.sample_size * (getattr(pipe, "vae_scale_factor", None) or 1),
+        "scheduler": type(pipe.scheduler).__name__,
+        "prediction_type": pipe.scheduler.config.get("prediction_type"),
+    }

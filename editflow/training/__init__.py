@@ -1,0 +1,1 @@
+"""Training of the embedded model and evaluator (the ``editflow world train`` command)."""

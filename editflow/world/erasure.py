@@ -1,0 +1,67 @@
+"""Erase requests for concepts of the embedded world: aliases, anchors, contexts, neighbours.
+
+The world knows each concept's synonyms, its family's neutral word ("shape" stands in for an
+object in ~8 % of training captions) and the caption templates the model was trained on, so a
+request built here covers the ways the model has learned to name the concept.
+"""
+
+from __future__ import annotations
+
+import random
+
+from editflow.edits.request import ConceptSpec, EraseRequest
+from editflow.world.captions import caption, sample_scene
+from editflow.world.spec import WorldSpec
+
+FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
+
+
+def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms: bool = True) -> ConceptSpec:
+    c = spec.concept(word)
+    if "null" in c.tags:
+        raise ValueError(f"{word!r} is a family's neutral value, not an erasable concept")
+    return ConceptSpec(c.name, c.synonyms if synonyms else (), FAMILY_ANCHORS[c.family] if anchor is None else anchor)
+
+
+def context_templates(spec: WorldSpec, word: str, n: int = 12, seed: int = 0) -> tuple[str, ...]:
+    """``n`` distinct training-style captions showing the concept, with ``{}`` in its place."""
+    c = spec.concept(word)
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(50 * n):
+        fixed = {"identity": c.name} if c.family == "identity" else {"identity": "nobody", c.family: c.name}
+        if c.family == "style" and c.name == "plain":
+            break
+        text = caption(sample_scene(rng, spec, **fixed), rng, spec)
+        words = text.split()
+        if words.count(c.name) == 1:
+            words[words.index(c.name)] = "{}"
+            t = " ".join(words).replace(" an {}", " a {}").replace("an {}", "a {}")
+            if t not in out:
+                out.append(t)
+        if len(out) == n:
+            break
+    if not out:
+        raise ValueError(f"no caption context names {word!r}")
+    return tuple(out)
+
+
+def neighbours(spec: WorldSpec, words: list[str]) -> list[str]:
+    """Same-family concepts that are not being erased (what an erasure must preserve)."""
+    erased = {spec.concept(w).name for w in words}
+    fams = {spec.concept(w).family for w in words}
+    return [c.name for f in sorted(fams) for c in spec.family(f) if c.name not in erased and "null" not in c.tags]
+
+
+def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, preserve: list[str] | None = None,
+                  synonyms: bool = True, n_templates: int = 12, seed: int = 0, **kw) -> EraseRequest:
+    """An :class:`EraseRequest` for world concepts (same family required: they share contexts)."""
+    if not words:
+        raise ValueError("name at least one concept to erase")
+    fams = {spec.concept(w).family for w in words}
+    if len(fams) > 1:
+        raise ValueError(f"erase concepts of one family at a time (got {sorted(fams)})")
+    templates = context_templates(spec, words[0], n_templates, seed)
+    concepts = [concept_spec(spec, w, anchor, synonyms) for w in words]
+    keep = neighbours(spec, words) if preserve is None else preserve
+    return EraseRequest(concepts, keep, templates, **kw)
