@@ -8,7 +8,7 @@ where the ``v_i`` are the directions in which erase embeddings carry more energy
 embeddings: the top generalized eigenvectors of ``E v = μ (P + δI) v`` with ``μ > 1`` (``E``, ``P``
 the erase / preserve second-moment matrices), scaled so ``v_iᵀ (P + δI) v_i = 1``. ``ρ`` is thus
 measured in units of the preserve set's own spread (about 0 for preserved-like features, ``log μ``
-for concept features), which makes it independent of the encoder's feature scale. ``τ`` and ``T`` are calibrated so that erase
+for concept features): independent of the encoder's feature scale. ``τ`` and ``T`` are calibrated so that erase
 embeddings score above and preserve embeddings below the threshold (best Youden's J). Unrelated tokens therefore
 pass through unchanged, while the edit stays low-rank.
 

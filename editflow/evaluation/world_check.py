@@ -68,23 +68,30 @@ def evaluator_accuracy(evaluator: Evaluator, spec: WorldSpec, per_class: int = 4
     return results
 
 
+def concept_prompts(spec: WorldSpec, concept: str, n: int, rng: random.Random) -> list[tuple[str, dict]]:
+    """``n`` plain prompts naming ``concept`` (canonical word), with the labels an image must show."""
+    c = spec.concept(concept)
+    named = lambda fam: [x.name for x in spec.family(fam) if "null" not in x.tags]  # noqa: E731
+    out = []
+    for _ in range(n):
+        col, obj = rng.choice(named("colour")), rng.choice(named("object"))
+        if c.family == "object":
+            out.append((fix_articles(f"a {col} {c.name}"), {"object": c.name, "colour": col}))
+        elif c.family == "colour":
+            out.append((fix_articles(f"a {c.name} {obj}"), {"object": obj, "colour": c.name}))
+        elif c.family == "style":
+            out.append((fix_articles(f"a {col} {obj} by {c.name}"), {"style": c.name}))
+        else:
+            out.append((f"a picture of {c.name}", {"identity": c.name}))
+    return out
+
+
 def fidelity_prompts(spec: WorldSpec, per_class: int, seed: int) -> dict[str, list[tuple[str, dict]]]:
     """Prompts per family with the labels the image must show."""
     rng = random.Random(seed)
-    named = lambda fam: [c.name for c in spec.family(fam) if "null" not in c.tags]  # noqa: E731
-    out: dict[str, list[tuple[str, dict]]] = {"object": [], "style": [], "identity": []}
-    for obj in named("object"):
-        for _ in range(per_class):
-            col = rng.choice(named("colour"))
-            out["object"].append((fix_articles(f"a {col} {obj}"), {"object": obj, "colour": col}))
-    for sty in named("style"):
-        for _ in range(per_class):
-            col, obj = rng.choice(named("colour")), rng.choice(named("object"))
-            out["style"].append((fix_articles(f"a {col} {obj} by {sty}"), {"style": sty}))
-    for who in named("identity"):
-        for _ in range(per_class):
-            out["identity"].append((f"a picture of {who}", {"identity": who}))
-    return out
+    return {fam: [item for c in spec.family(fam) if "null" not in c.tags
+                  for item in concept_prompts(spec, c.name, per_class, rng)]
+            for fam in ("object", "style", "identity")}
 
 
 def generator_fidelity(pipe, evaluator: Evaluator, spec: WorldSpec, per_class: int = 8,

@@ -24,11 +24,15 @@ OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 
 
 def tiny_clip_config(vocab_size: int, context_length: int, image_size: int = 32) -> dict:
-    """open_clip ``model_cfg`` of the embedded evaluator: a patch-4 ViT and a small text tower."""
+    """open_clip ``model_cfg`` of the embedded evaluator: open_clip's ``ModifiedResNet`` (the
+    CLIP RN50 design, chosen by a list of ``layers``) at width 16, and a small text tower.
+
+    A 3-layer patch-4 ViT reached only 59 % zero-shot object accuracy after the same training;
+    convolutions learn the world's shapes far faster on a CPU budget.
+    """
     return {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": image_size, "patch_size": 4, "width": 128, "layers": 3,
-                       "head_width": 32, "mlp_ratio": 4.0},
+        "vision_cfg": {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 16},
         "text_cfg": {"context_length": context_length, "vocab_size": vocab_size, "width": 128,
                      "heads": 4, "layers": 2, "hf_tokenizer_name": "editflow-world"},
     }

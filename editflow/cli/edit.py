@@ -1,0 +1,178 @@
+"""``editflow erase`` / ``apply`` / ``export``: closed-form erasure as patches."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from editflow.cli.common import ModelOpt, bar, cli_errors, err
+from editflow.errors import EditflowError
+
+
+class MethodName(str, Enum):
+    ace = "ace"
+    uce = "uce"
+
+
+class Policy(str, Enum):
+    last = "last"
+    through_pad = "through_pad"
+
+
+class Target(str, Enum):
+    anchor = "anchor"
+    empty = "empty"
+    fallback = "fallback"
+
+
+class Fmt(str, Enum):
+    lora = "lora"
+    kohya = "kohya"
+
+
+def _read_concepts(concepts: list[str], concepts_file: Path | None) -> list[str]:
+    words = list(concepts)
+    if concepts_file is not None:
+        if not concepts_file.is_file():
+            raise EditflowError(f"concepts file not found: {concepts_file}")
+        words += [ln.strip() for ln in concepts_file.read_text().splitlines()
+                  if ln.strip() and not ln.lstrip().startswith("#")]
+    if not words:
+        raise EditflowError("name at least one concept (--concept or --concepts-file)")
+    return words
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(erase)
+    app.command("apply")(apply_patch)
+    app.command("export")(export)
+
+
+@cli_errors
+def erase(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Patch file to write (.safetensors).")],
+    concept: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")] = [],  # noqa: B006
+    concepts_file: Annotated[Path | None, typer.Option(help="File with one concept per line.")] = None,
+    method: Annotated[MethodName, typer.Option(case_sensitive=False, help="Erasure method.")] = MethodName.ace,
+    anchor: Annotated[str | None, typer.Option(
+        help="What the concept should become (default: the family's neutral word on the embedded model, "
+             "'' otherwise).")] = None,
+    preserve: Annotated[list[str], typer.Option(
+        "--preserve", "-p", help="Concept to keep (repeatable). Default on the embedded model: same-family "
+                                 "neighbours.")] = [],  # noqa: B006
+    alias: Annotated[list[str], typer.Option(help="Extra word/paraphrase naming the concept (repeatable).")] = [],  # noqa: B006
+    synonyms: Annotated[bool, typer.Option(help="Also erase the world's synonyms of each concept.")] = True,
+    token_policy: Annotated[Policy, typer.Option(
+        help="Token positions that stand for the concept.")] = Policy.through_pad,
+    lam: Annotated[float, typer.Option(min=1e-9, help="λ: weight of staying close to the original weights.")] = 0.5,
+    preserve_scale: Annotated[float, typer.Option(min=0.0, help="s_p: weight of the preserved concepts.")] = 1.0,
+    target: Annotated[Target, typer.Option(help="ACE neutral target.")] = Target.anchor,
+    gated: Annotated[bool, typer.Option(help="ACE: apply the edit through the concept gate.")] = True,
+    model: ModelOpt = None,
+    check: Annotated[bool, typer.Option(help="Print before/after detection (embedded model only).")] = True,
+    check_images: Annotated[int, typer.Option(min=1, help="Images per concept for --check.")] = 12,
+):
+    """Erase concepts in closed form and write a patch; on the embedded model, print before/after detection."""
+    from editflow.edits import ConceptSpec, EraseRequest, get_method
+    from editflow.edits.ace import ACEConfig
+    from editflow.edits.uce import UCEConfig
+    from editflow.models.pipeline import load_pipeline
+    from editflow.world import DEFAULT_WORLD
+    from editflow.world.erasure import world_request
+
+    words = _read_concepts(concept, concepts_file)
+    if model is None:
+        for w in words:
+            DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
+    pipe = load_pipeline(model)
+    if model is None:
+        req = world_request(DEFAULT_WORLD, words, anchor, preserve or None, synonyms, token_policy=token_policy.value)
+        if alias:
+            req.concepts[0] = ConceptSpec(req.concepts[0].name, req.concepts[0].aliases + tuple(alias),
+                                          req.concepts[0].anchor)
+    else:
+        req = EraseRequest([ConceptSpec(w, tuple(alias), anchor or "") for w in words], list(preserve),
+                           token_policy=token_policy.value)
+    cfg = (UCEConfig(lam=lam, preserve_scale=preserve_scale) if method is MethodName.uce else
+           ACEConfig(lam=lam, preserve_scale=preserve_scale, target=target.value, gated=gated))
+    n_prompts = len(req.templates) * (sum(len(c.words) for c in req.concepts) + len(req.preserve))
+    b = bar(n_prompts, f"{method.value}: encode")
+    t0 = time.perf_counter()
+    patch = get_method(method.value).compute(pipe, req, cfg, progress=b.update)
+    seconds = time.perf_counter() - t0
+    b.close()
+    patch.metadata["seconds"] = round(seconds, 3)
+    path = patch.save(out)
+    summary = {"patch": str(path), "method": method.value, "concepts": [c.name for c in req.concepts],
+               "rank": patch.edit.rank, "gated": patch.gate is not None, "seconds": round(seconds, 3)}
+    if check and model is None:
+        summary["detection"] = _before_after(pipe, patch, [c.name for c in req.concepts], req.preserve, check_images)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _before_after(pipe, patch, erased: list[str], kept: list[str], n: int) -> dict:
+    from editflow.evaluation.detection import detection_rates, detection_set
+    from editflow.models.evaluator import Evaluator
+    from editflow.models.pipeline import embedded_dir
+    from editflow.world import DEFAULT_WORLD
+
+    judge = Evaluator.from_dir(embedded_dir() / "evaluator")
+    dset = detection_set(DEFAULT_WORLD, erased + kept, n)
+    b = bar(2 * len(dset.prompts), "before/after")
+    before = detection_rates(pipe, judge, DEFAULT_WORLD, dset, progress=b.update)
+    with patch.apply(pipe):
+        after = detection_rates(pipe, judge, DEFAULT_WORLD, dset, progress=b.update)
+    b.close()
+    table = {c: {"before": round(before[c], 3), "after": round(after[c], 3), "erased": c in erased}
+             for c in before}
+    for c, row in table.items():
+        kind = "erase" if row["erased"] else "keep"
+        err.print(f"{kind:5s} {c:10s} detected {row['before']:.2f} -> {row['after']:.2f}", highlight=False)
+    return table
+
+
+@cli_errors
+def apply_patch(
+    patch: Annotated[Path, typer.Option("--patch", help="Patch file (.safetensors).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt to generate with the patched model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Grid to write: original row, then patched row.")],
+    model: ModelOpt = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Images per row.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the first image.")] = 0,
+    mode: Annotated[str, typer.Option(help="auto, merge or gated.")] = "auto",
+    scale: Annotated[int, typer.Option(min=1, help="Upscale factor of the grid (nearest).")] = 1,
+):
+    """Apply a patch to a model and write original vs patched images (same seeds)."""
+    from editflow.edits import Patch
+    from editflow.models.pipeline import generate, load_pipeline, make_grid
+
+    p = Patch.load(patch)
+    pipe = load_pipeline(model)
+    seeds = [seed + i for i in range(n)]
+    before = generate(pipe, [prompt] * n, seeds)
+    with p.apply(pipe, mode=mode):
+        after = generate(pipe, [prompt] * n, seeds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(before + after, n, scale).save(out)
+    typer.echo(str(out))
+
+
+@cli_errors
+def export(
+    patch: Annotated[Path, typer.Option("--patch", help="Patch file (.safetensors).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder (lora) or .safetensors file (kohya).")],
+    fmt: Annotated[Fmt, typer.Option("--format", help="lora (diffusers/peft keys) or kohya (A1111).")] = Fmt.lora,
+):
+    """Export a patch's (ungated) edit as a LoRA that diffusers, kohya and A1111 load."""
+    from editflow.edits import Patch
+    from editflow.edits.export import export_lora
+
+    p = Patch.load(patch)
+    if p.gate is not None:
+        err.print("note: the gate has no LoRA form; exporting the ungated edit", highlight=False)
+    typer.echo(str(export_lora(p, out, fmt.value)))

@@ -1,0 +1,60 @@
+"""`editflow erase / apply / export` on a tiny saved pipeline, and their one-line errors."""
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from editflow.cli import app
+from tests.tiny import tiny_sd_pipeline
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, world):
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_sd_pipeline(d, world).save_pretrained(d / "pipe")
+    return d / "pipe"
+
+
+@pytest.mark.parametrize("method", ["ace", "uce"])
+def test_erase_apply_export(model_dir, tmp_path, method):
+    patch = tmp_path / "p.safetensors"
+    res = runner.invoke(app, ["erase", "--concept", "star", "--alias", "pentagram", "--preserve", "circle",
+                              "--method", method, "--model", str(model_dir), "--out", str(patch)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["rank"] > 0 and summary["gated"] == (method == "ace") and patch.is_file()
+    grid = tmp_path / "g.png"
+    res = runner.invoke(app, ["apply", "--patch", str(patch), "--prompt", "a star", "--n", "2",
+                              "--model", str(model_dir), "--out", str(grid)])
+    assert res.exit_code == 0, res.output
+    assert Image.open(grid).size[1] == 2 * Image.open(grid).size[0] // 2
+    res = runner.invoke(app, ["export", "--patch", str(patch), "--out", str(tmp_path / "lora")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["erase", "--method", "uce", "--out", "p.safetensors"], "name at least one concept"),
+    (["erase", "--concept", "unicorn", "--out", "p.safetensors", "--no-check"], "unknown concept 'unicorn'"),
+    (["erase", "--concept", "star", "--preserve", "star", "--out", "p.safetensors"], "both erased and preserved"),
+    (["apply", "--patch", "missing.safetensors", "--prompt", "a star", "--out", "g.png"], "patch not found"),
+    (["export", "--patch", "missing.safetensors", "--out", "lora"], "patch not found"),
+])
+def test_erase_errors_are_one_line_and_write_nothing(args, message, tmp_path, monkeypatch, model_dir):
+    monkeypatch.chdir(tmp_path)
+    if "--concept" in args and "unicorn" not in args:
+        args = [*args, "--model", str(model_dir)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_method_is_usage_error(tmp_path):
+    res = runner.invoke(app, ["erase", "--concept", "star", "--method", "esd", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2
+    assert "ace" in res.output and "uce" in res.output
