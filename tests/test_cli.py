@@ -43,12 +43,12 @@ def test_world_render(tmp_path):
 @pytest.mark.parametrize("args, code, message", [
     (["generate", "--prompt", "a star", "--model", "/no/such/model", "--out", "x.png"], 1, "model not found"),
     (["generate", "--prompt", "  ", "--out", "x.png"], 1, "empty prompt"),
-    (["generate", "--prompt", "a star", "--n", "-3", "--out", "x.png"], 2, "-3"),
+    (["generate", "--prompt", "a star", "--n", "-3", "--out", "x.png"], 2, "equal to 1"),
     (["world", "train", "--config", "/no/recipe.yaml"], 1, "recipe not found"),
 ])
 def test_bad_input_is_one_line_error(args, code, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, args, env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert res.exit_code == code, res.output
     assert message in res.output
     if code == 1:

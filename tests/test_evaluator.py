@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from editflow.evaluation.world_check import EVALUATOR_BAR, evaluator_accuracy
-from editflow.models.evaluator import OPEN_CLIP_CONFIG, Evaluator
+from editflow.models.evaluator import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, Evaluator
 from editflow.models.pipeline import embedded_dir
 from editflow.world import FAMILIES, render, sample_batch
 
@@ -18,7 +19,11 @@ def test_loads_through_open_clip_local_dir():
     model = open_clip.create_model(f"local-dir:{path}")
     assert isinstance(model, open_clip.CLIP)
     cfg = json.loads((path / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
-    assert model.visual.image_size == (cfg["vision_cfg"]["image_size"],) * 2
+    assert model.visual.image_size in (cfg["vision_cfg"]["image_size"], (cfg["vision_cfg"]["image_size"],) * 2)
+    shipped = load_file(path / OPEN_CLIP_WEIGHTS)
+    state = model.state_dict()
+    assert shipped.keys() == state.keys()
+    assert all(torch.equal(shipped[k], state[k]) for k in shipped)  # the weights really loaded
 
 
 def test_zero_shot_accuracy_meets_bar_per_family(judge, world):

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from editflow.cli import edit, world
-from editflow.cli.common import ModelOpt, bar, cli_errors
+from editflow.cli.common import ModelOpt, bar, cli_errors, quiet_libraries
 from editflow.errors import EditflowError
 
 app = typer.Typer(
@@ -25,6 +25,12 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(world.app, name="world")
+
+
+@app.callback()
+def _setup() -> None:
+    quiet_libraries()
+
 edit.register(app)
 
 

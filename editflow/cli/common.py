@@ -35,3 +35,14 @@ def bar(total: int, desc: str):
     from editflow.training.common import progress
 
     return progress(total, desc)
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers loading bars and info logs: the CLI shows its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

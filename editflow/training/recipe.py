@@ -33,7 +33,7 @@ class Recipe:
     architecture: EmbeddedArchitecture = field(default_factory=EmbeddedArchitecture)
     text_encoder: StageConfig = field(default_factory=lambda: StageConfig(300, 256, 1e-3, warmup=30))
     vae: StageConfig = field(default_factory=lambda: StageConfig(1200, 64, 1e-3))
-    unet: StageConfig = field(default_factory=lambda: StageConfig(5000, 64, 5e-4, warmup=200))
+    unet: StageConfig = field(default_factory=lambda: StageConfig(3000, 64, 5e-4, warmup=150))
     evaluator: StageConfig = field(default_factory=lambda: StageConfig(1200, 64, 1e-3))
 
     @classmethod
