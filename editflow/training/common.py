@@ -32,6 +32,12 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
+def set_lr(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int, warmup: int) -> None:
+    """Apply the :func:`warmup_cosine` schedule for ``step`` to every parameter group."""
+    for g in opt.param_groups:
+        g["lr"] = base_lr * warmup_cosine(step, total, warmup)
+
+
 class Checkpoint:
     """A resumable training state stored as one ``torch.save`` file (own files, never loaded
     from elsewhere): module and optimizer states, step count and RNG states.

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from editflow.models.evaluator import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, preprocess_config, tiny_clip_config
-from editflow.training.common import Checkpoint, progress, track, warmup_cosine
+from editflow.training.common import Checkpoint, progress, set_lr, track
 from editflow.training.recipe import Recipe
 from editflow.world import FAMILIES, WorldSpec, caption, render, sample_scene
 from editflow.world.dataset import to_tensor
@@ -78,8 +78,7 @@ def train_evaluator(spec: WorldSpec, recipe: Recipe, tokenizer, work_dir: Path) 
     model.train()
     bar = progress(cfg.steps, "evaluator", initial=start)
     for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup)
+        set_lr(opt, cfg.lr, step, cfg.steps, cfg.warmup)
         idx = torch.randint(n_pool, (cfg.batch,), generator=gen).tolist()
         x = augment(to_tensor(images[idx]), gen)
         batch_scenes = [scenes[i] for i in idx]

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from editflow.training.common import Checkpoint, progress, track, warmup_cosine
+from editflow.training.common import Checkpoint, progress, set_lr, track
 from editflow.training.recipe import Recipe
 from editflow.world import WorldSpec, caption, render, sample_scene
 from editflow.world.captions import mentions
@@ -63,8 +63,7 @@ def train_text_encoder(spec: WorldSpec, tokenizer: CLIPTokenizer, text_encoder: 
     text_encoder.train()
     bar = progress(cfg.steps, "text encoder", initial=start)
     for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup)
+        set_lr(opt, cfg.lr, step, cfg.steps, cfg.warmup)
         texts = [caption(sample_scene(rng, spec), rng, spec) if rng.random() > 0.05 else ""
                  for _ in range(cfg.batch)]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
@@ -115,8 +114,7 @@ def train_vae(images: np.ndarray, vae: AutoencoderKL, recipe: Recipe, work_dir: 
     vae.train()
     bar = progress(cfg.steps, "vae", initial=start)
     for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup)
+        set_lr(opt, cfg.lr, step, cfg.steps, cfg.warmup)
         idx = torch.randint(len(images), (cfg.batch,), generator=gen).numpy()
         x = _as_input(images[idx])
         post = vae.encode(x).latent_dist
@@ -180,8 +178,7 @@ def train_unet(spec: WorldSpec, scenes: list, latents: torch.Tensor, tokenizer: 
     bar = progress(cfg.steps, "unet", initial=start)
     step = start
     for step in range(start, stop):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup)
+        set_lr(opt, cfg.lr, step, cfg.steps, cfg.warmup)
         idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
         texts = ["" if rng.random() < recipe.cfg_dropout else caption(scenes[i], rng, spec)
                  for i in idx.tolist()]
