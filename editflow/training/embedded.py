@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -111,7 +112,7 @@ def train_embedded(spec: WorldSpec, recipe: Recipe, work_dir: str | Path, out_di
         with _timed(timings, "unet"):
             ema = G.train_unet(spec, scenes, latents, tokenizer, text_encoder, unet,
                                C.build_train_scheduler(arch), recipe, work, max_steps=unet_max_steps)
-        done = G.Checkpoint(work / "unet.ckpt").path.exists() and _unet_step(work) >= recipe.unet.steps
+        done = (work / "unet.ckpt").exists() and _unet_step(work) >= recipe.unet.steps
         ema.copy_to(unet.parameters())
         target = unet_dir if done else work / "unet_partial"
         unet.save_pretrained(target)
@@ -132,15 +133,10 @@ def train_embedded(spec: WorldSpec, recipe: Recipe, work_dir: str | Path, out_di
     tmp.rename(out / "pipeline")
     shutil.rmtree(out / "evaluator", ignore_errors=True)
     shutil.copytree(work / "evaluator", out / "evaluator", ignore=shutil.ignore_patterns("*.ckpt", "done"))
-    (out / "recipe.json").write_text(json.dumps(_recipe_dict(recipe), indent=2))
+    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
     return timings
 
 
 def _unet_step(work: Path) -> int:
     return int(torch.load(work / "unet.ckpt", map_location="cpu", weights_only=False)["step"])
 
-
-def _recipe_dict(recipe: Recipe) -> dict:
-    from dataclasses import asdict
-
-    return asdict(recipe)

@@ -100,10 +100,6 @@ def render_dataset(spec: WorldSpec, n: int, seed: int, cache: Path) -> tuple[lis
     return scenes, images
 
 
-def _as_input(images: np.ndarray) -> torch.Tensor:
-    return to_tensor(images)
-
-
 def train_vae(images: np.ndarray, vae: AutoencoderKL, recipe: Recipe, work_dir: Path) -> AutoencoderKL:
     """Reconstruction (L1 + L2) with a small KL term, as SD's autoencoder without the GAN."""
     cfg = recipe.vae
@@ -116,7 +112,7 @@ def train_vae(images: np.ndarray, vae: AutoencoderKL, recipe: Recipe, work_dir: 
     for step in range(start, cfg.steps):
         set_lr(opt, cfg.lr, step, cfg.steps, cfg.warmup)
         idx = torch.randint(len(images), (cfg.batch,), generator=gen).numpy()
-        x = _as_input(images[idx])
+        x = to_tensor(images[idx])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
@@ -134,7 +130,7 @@ def train_vae(images: np.ndarray, vae: AutoencoderKL, recipe: Recipe, work_dir: 
 
 @torch.no_grad()
 def _posterior_means(images: np.ndarray, vae: AutoencoderKL, batch: int = 512) -> torch.Tensor:
-    return torch.cat([vae.encode(_as_input(images[i:i + batch])).latent_dist.mean
+    return torch.cat([vae.encode(to_tensor(images[i:i + batch])).latent_dist.mean
                       for i in range(0, len(images), batch)])
 
 
