@@ -11,7 +11,7 @@ from editflow.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["generate"], ["info"], ["world"], ["world", "train"],
+@pytest.mark.parametrize("cmd", [[], ["generate"], ["info"], ["erase"], ["apply"], ["export"], ["world"], ["world", "train"],
                                  ["world", "check"], ["world", "render"]])
 def test_help_everywhere(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
