@@ -11,8 +11,8 @@ from editflow.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["generate"], ["info"], ["erase"], ["apply"], ["export"], ["world"], ["world", "train"],
-                                 ["world", "check"], ["world", "render"]])
+@pytest.mark.parametrize("cmd", [[], ["generate"], ["info"], ["erase"], ["apply"], ["export"], ["world"],
+                                 ["world", "train"], ["world", "check"], ["world", "render"]])
 def test_help_everywhere(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output

@@ -43,6 +43,8 @@ def test_erase_apply_export(model_dir, tmp_path, method):
     (["erase", "--concept", "star", "--preserve", "star", "--out", "p.safetensors"], "both erased and preserved"),
     (["apply", "--patch", "missing.safetensors", "--prompt", "a star", "--out", "g.png"], "patch not found"),
     (["export", "--patch", "missing.safetensors", "--out", "lora"], "patch not found"),
+    (["erase", "--concept", "star", "--concept", "moon", "--alias", "x", "--out", "p.safetensors"],
+     "--alias names one concept"),
 ])
 def test_erase_errors_are_one_line_and_write_nothing(args, message, tmp_path, monkeypatch, model_dir):
     monkeypatch.chdir(tmp_path)
@@ -58,3 +60,24 @@ def test_unknown_method_is_usage_error(tmp_path):
     res = runner.invoke(app, ["erase", "--concept", "star", "--method", "esd", "--out", str(tmp_path / "p")])
     assert res.exit_code == 2
     assert "ace" in res.output and "uce" in res.output
+
+
+def test_cli_choices_match_the_core_enums():
+    """The CLI keeps its own enums (so --help does not import torch); they must not drift."""
+    from editflow.cli.edit import MethodName, Policy, Target
+    from editflow.edits import available
+    from editflow.edits.ace import NeutralTarget
+    from editflow.edits.conditioning import TokenPolicy
+
+    assert [m.value for m in MethodName] == available()
+    assert [p.value for p in Policy] == [p.value for p in TokenPolicy]
+    assert [t.value for t in Target] == [t.value for t in NeutralTarget]
+
+
+def test_world_request_takes_aliases(world):
+    from editflow.world.erasure import world_request
+
+    req = world_request(world, ["star"], aliases=("asterisk",))
+    assert req.concepts[0].words == ("star", "pentagram", "asterisk")
+    with pytest.raises(ValueError, match="exactly one concept"):
+        world_request(world, ["star", "moon"], aliases=("x",))

@@ -78,32 +78,34 @@ def erase(
     check_images: Annotated[int, typer.Option(min=1, help="Images per concept for --check.")] = 12,
 ):
     """Erase concepts in closed form and write a patch; on the embedded model, print before/after detection."""
+    from dataclasses import fields
+
     from editflow.edits import ConceptSpec, EraseRequest, get_method
-    from editflow.edits.ace import ACEConfig
-    from editflow.edits.uce import UCEConfig
     from editflow.models.pipeline import load_pipeline
     from editflow.world import DEFAULT_WORLD
     from editflow.world.erasure import world_request
 
     words = _read_concepts(concept, concepts_file)
+    if alias and len(words) != 1:
+        raise EditflowError("--alias names one concept: give exactly one --concept with it")
     if model is None:
         for w in words:
             DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
+    erase_method = get_method(method.value)
+    options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated}
+    cfg = erase_method.config_class(**{f.name: options[f.name] for f in fields(erase_method.config_class)
+                                       if f.name in options})
     pipe = load_pipeline(model)
     if model is None:
-        req = world_request(DEFAULT_WORLD, words, anchor, preserve or None, synonyms, token_policy=token_policy.value)
-        if alias:
-            req.concepts[0] = ConceptSpec(req.concepts[0].name, req.concepts[0].aliases + tuple(alias),
-                                          req.concepts[0].anchor)
+        req = world_request(DEFAULT_WORLD, words, anchor, preserve or None, synonyms, aliases=tuple(alias),
+                            token_policy=token_policy.value)
     else:
         req = EraseRequest([ConceptSpec(w, tuple(alias), anchor or "") for w in words], list(preserve),
                            token_policy=token_policy.value)
-    cfg = (UCEConfig(lam=lam, preserve_scale=preserve_scale) if method is MethodName.uce else
-           ACEConfig(lam=lam, preserve_scale=preserve_scale, target=target.value, gated=gated))
     n_prompts = len(req.templates) * (sum(len(c.words) for c in req.concepts) + len(req.preserve))
     b = bar(n_prompts, f"{method.value}: encode")
     t0 = time.perf_counter()
-    patch = get_method(method.value).compute(pipe, req, cfg, progress=b.update)
+    patch = erase_method.compute(pipe, req, cfg, progress=b.update)
     seconds = time.perf_counter() - t0
     b.close()
     patch.metadata["seconds"] = round(seconds, 3)

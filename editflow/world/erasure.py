@@ -16,11 +16,14 @@ from editflow.world.spec import WorldSpec
 FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
 
 
-def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms: bool = True) -> ConceptSpec:
+def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms: bool = True,
+                 aliases: tuple[str, ...] = ()) -> ConceptSpec:
+    """``word``'s world concept with its synonyms (if asked) plus user ``aliases``."""
     c = spec.concept(word)
     if "null" in c.tags:
         raise ValueError(f"{word!r} is a family's neutral value, not an erasable concept")
-    return ConceptSpec(c.name, c.synonyms if synonyms else (), FAMILY_ANCHORS[c.family] if anchor is None else anchor)
+    words = (c.synonyms if synonyms else ()) + tuple(a for a in aliases if a not in c.synonyms)
+    return ConceptSpec(c.name, words, FAMILY_ANCHORS[c.family] if anchor is None else anchor)
 
 
 def context_templates(spec: WorldSpec, word: str, n: int = 12, seed: int = 0) -> tuple[str, ...]:
@@ -54,14 +57,20 @@ def neighbours(spec: WorldSpec, words: list[str]) -> list[str]:
 
 
 def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, preserve: list[str] | None = None,
-                  synonyms: bool = True, n_templates: int = 12, seed: int = 0, **kw) -> EraseRequest:
-    """An :class:`EraseRequest` for world concepts (same family required: they share contexts)."""
+                  synonyms: bool = True, n_templates: int = 12, seed: int = 0, aliases: tuple[str, ...] = (),
+                  **kw) -> EraseRequest:
+    """An :class:`EraseRequest` for world concepts (same family required: they share contexts).
+
+    ``aliases`` are extra words for the concept and need exactly one concept.
+    """
     if not words:
         raise ValueError("name at least one concept to erase")
     fams = {spec.concept(w).family for w in words}
     if len(fams) > 1:
         raise ValueError(f"erase concepts of one family at a time (got {sorted(fams)})")
+    if aliases and len(words) != 1:
+        raise ValueError("aliases name one concept: erase exactly one concept with them")
     templates = context_templates(spec, words[0], n_templates, seed)
-    concepts = [concept_spec(spec, w, anchor, synonyms) for w in words]
+    concepts = [concept_spec(spec, w, anchor, synonyms, aliases) for w in words]
     keep = neighbours(spec, words) if preserve is None else preserve
     return EraseRequest(concepts, keep, templates, **kw)
