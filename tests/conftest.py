@@ -1,10 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("EDITFLOW_QUIET", "1")
+os.environ.setdefault("EDITFLOW_CACHE", tempfile.mkdtemp(prefix="editflow-cache-"))  # never the user's cache
 
 
 @pytest.fixture(autouse=True, scope="session")

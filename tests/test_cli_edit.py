@@ -23,10 +23,12 @@ def model_dir(tmp_path_factory, world):
 def test_erase_apply_export(model_dir, tmp_path, method):
     patch = tmp_path / "p.safetensors"
     res = runner.invoke(app, ["erase", "--concept", "star", "--alias", "pentagram", "--preserve", "circle",
-                              "--method", method, "--model", str(model_dir), "--out", str(patch)])
+                              "--method", method, "--model", str(model_dir), "--out", str(patch),
+                              "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["rank"] > 0 and summary["gated"] == (method == "ace") and patch.is_file()
+    assert len(list((tmp_path / "cache").glob("preserve-*.safetensors"))) == 1
     grid = tmp_path / "g.png"
     res = runner.invoke(app, ["apply", "--patch", str(patch), "--prompt", "a star", "--n", "2",
                               "--model", str(model_dir), "--out", str(grid)])

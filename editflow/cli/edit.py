@@ -73,6 +73,14 @@ def erase(
     preserve_scale: Annotated[float, typer.Option(min=0.0, help="s_p: weight of the preserved concepts.")] = 1.0,
     target: Annotated[Target, typer.Option(help="ACE neutral target.")] = Target.anchor,
     gated: Annotated[bool, typer.Option(help="ACE: apply the edit through the concept gate.")] = True,
+    guidance: Annotated[float, typer.Option(
+        min=0.0, help="ACE η: push targets past the neutral point, away from the concept (0 = align).")] = 1.0,
+    rank_energy: Annotated[float, typer.Option(
+        min=1e-6, max=1.0, help="ACE: keep the fewest edit directions holding this share of energy.")] = 0.999,
+    cache_dir: Annotated[Path | None, typer.Option(
+        envvar="EDITFLOW_CACHE", help="Where preserve statistics are cached per base model "
+                                      "[default: ~/.cache/editflow].")] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse/cache the preserve statistics.")] = True,
     model: ModelOpt = None,
     check: Annotated[bool, typer.Option(help="Print before/after detection (embedded model only).")] = True,
     check_images: Annotated[int, typer.Option(min=1, help="Images per concept for --check.")] = 12,
@@ -92,7 +100,10 @@ def erase(
         for w in words:
             DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
     erase_method = get_method(method.value)
-    options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated}
+    from editflow.edits.streaming import PreserveCache
+
+    options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
+               "guidance": guidance, "rank_energy": rank_energy}
     cfg = erase_method.config_class(**{f.name: options[f.name] for f in fields(erase_method.config_class)
                                        if f.name in options})
     pipe = load_pipeline(model)
@@ -105,7 +116,8 @@ def erase(
     n_prompts = len(req.templates) * (sum(len(c.words) for c in req.concepts) + len(req.preserve))
     b = bar(n_prompts, f"{method.value}: encode")
     t0 = time.perf_counter()
-    patch = erase_method.compute(pipe, req, cfg, progress=b.update)
+    store = PreserveCache(cache_dir or Path.home() / ".cache" / "editflow") if cache else None
+    patch = erase_method.compute(pipe, req, cfg, cache=store, progress=b.update)
     seconds = time.perf_counter() - t0
     b.close()
     patch.metadata["seconds"] = round(seconds, 3)

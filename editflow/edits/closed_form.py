@@ -15,7 +15,8 @@ where ``E = Σ c_i c_iᵀ`` and ``P = Σ c_j c_jᵀ``. This is ACE's nullificati
 
 * streams ``D``, ``E`` and ``P`` (d x d each, whatever the number of concepts);
 * solves once, in float64, through a Cholesky factor of ``A`` (:func:`solve_right`);
-* factors ``N = D A⁻¹ = U S Vᵀ`` once, keeping the non-zero rank ``r``;
+* factors ``N = D A⁻¹ = U S Vᵀ`` once, keeping the non-zero rank ``r`` (or, with ``energy < 1``,
+  the fewest directions holding that share of ``‖N‖_F²``: ACE's low-rank truncation);
 * gives every layer ``ΔW_l = up_l @ down`` with ``up_l = s_e W_l U S`` and a shared ``down = Vᵀ``.
 """
 
@@ -86,17 +87,24 @@ class LowRankEdit:
 
 
 def solve_edit(weights: dict[str, torch.Tensor], stats: EditStatistics, lam: float, erase_scale: float,
-               preserve_scale: float, rank_tol: float = 1e-7) -> LowRankEdit:
+               preserve_scale: float, energy: float = 1.0, rank_tol: float = 1e-7) -> LowRankEdit:
     """Closed-form ``ΔW`` for every weight in ``weights`` (name -> (out, d)); float32 factors.
 
+    ``energy`` in (0, 1] keeps the fewest singular directions of ``N`` whose squared singular
+    values sum to that share of the total (1 keeps every non-zero one, the exact solution).
     An empty erase set gives rank 0 (every ``ΔW`` is exactly zero).
     """
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
     d = stats.dim
     A = (lam * torch.eye(d, dtype=torch.float64) + erase_scale * stats.erase_gram
          + preserve_scale * stats.preserve_gram)
     N = solve_right(A, stats.cross)  # D A⁻¹
     U, S, Vh = torch.linalg.svd(N)
     keep = S > rank_tol * max(S[0].item(), 1e-30) if stats.n_erase else torch.zeros_like(S, dtype=torch.bool)
+    if energy < 1 and keep.any():
+        share = (S**2).cumsum(0) / (S**2).sum()
+        keep &= torch.arange(len(S)) <= int((share < energy).sum())
     U, S, Vh = U[:, keep], S[keep], Vh[keep]
     left = erase_scale * U * S  # (d, r)
     up = {name: (W.to(torch.float64) @ left).float() for name, W in weights.items()}

@@ -7,12 +7,14 @@ from typing import Protocol
 
 class EditMethod(Protocol):
     """An erasure method: ``compute`` returns a :class:`~editflow.edits.patch.Patch` and leaves
-    the pipeline as it found it (compute, then apply)."""
+    the pipeline as it found it (compute, then apply). ``targets`` picks the edited modules
+    (default :class:`~editflow.edits.targets.TargetSpec`); ``cache`` is an optional
+    :class:`~editflow.edits.streaming.PreserveCache`."""
 
     name: str
     config_class: type
 
-    def compute(self, pipe, request, config, progress=None): ...
+    def compute(self, pipe, request, config, targets=None, cache=None, progress=None): ...
 
 
 _METHODS: dict[str, EditMethod] = {}

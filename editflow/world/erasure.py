@@ -57,7 +57,7 @@ def neighbours(spec: WorldSpec, words: list[str]) -> list[str]:
 
 
 def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, preserve: list[str] | None = None,
-                  synonyms: bool = True, n_templates: int = 12, seed: int = 0, aliases: tuple[str, ...] = (),
+                  synonyms: bool = True, n_templates: int = 32, seed: int = 0, aliases: tuple[str, ...] = (),
                   **kw) -> EraseRequest:
     """An :class:`EraseRequest` for world concepts (same family required: they share contexts).
 

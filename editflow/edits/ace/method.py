@@ -1,8 +1,9 @@
 """ACE: align the model's conditional behaviour on a concept with a neutral distribution.
 
 The update per projection is the closed form of :mod:`editflow.edits.closed_form`,
-``ΔW = W (E* - E) Eᵀ (λI + E Eᵀ + s_p M)⁻¹`` (low rank by construction), with the neutral
-targets ``E*`` chosen by :class:`NeutralTarget`, and it is applied through a gate calibrated
+``ΔW = W (E* - E) Eᵀ (λI + E Eᵀ + s_p M)⁻¹`` (low rank by construction; truncated to the
+directions holding ``rank_energy`` of the update), with the neutral targets ``E*`` chosen by
+:class:`NeutralTarget` and pushed past the neutral point by ``guidance`` (η), and it is applied through a gate calibrated
 from erase vs preserve embeddings (:mod:`editflow.edits.gate`) so unrelated tokens pass through.
 """
 
@@ -12,30 +13,22 @@ import torch
 
 from editflow.edits.ace.config import ACEConfig, NeutralTarget
 from editflow.edits.closed_form import solve_edit
-from editflow.edits.conditioning import concept_span, encode
+from editflow.edits.conditioning import concept_span, encode, encode_masked
 from editflow.edits.gate import calibrate_gate
 from editflow.edits.patch import Patch
-from editflow.edits.request import EraseRequest, stream_statistics
+from editflow.edits.request import EraseRequest
+from editflow.edits.streaming import PreserveCache, stream_statistics
 from editflow.edits.targets import TargetSpec
 from editflow.edits.uce.method import metadata
 
 
 def fallback_targets(pipe, prompts: list[str], words: list[str], c: torch.Tensor) -> torch.Tensor:
-    """Features of each prompt with the concept's tokens masked out of the text encoder's
+    """Features of each prompt with the concept's tokens masked out of the text encoders'
     attention (its "natural fallback"); the concept's own positions take the empty prompt's."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError("fallback targets support single-text-encoder pipelines; use anchor or empty for SDXL")
-    tok, te = pipe.tokenizer, pipe.text_encoder
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
-    mask = torch.ones_like(ids)
-    spans = [concept_span(tok, p, w) for p, w in zip(prompts, words)]
-    for k, (s, e) in enumerate(spans):
-        mask[k, s:e] = 0
-    with torch.no_grad():
-        out = te(ids.to(te.device), attention_mask=mask.to(te.device)).last_hidden_state.float().cpu()
+    out = encode_masked(pipe, prompts, words)
     empty = encode(pipe, [""])[0]
-    for k, (s, e) in enumerate(spans):
+    for k, (p, w) in enumerate(zip(prompts, words)):
+        s, e = concept_span(pipe.tokenizer, p, w)
         out[k, s:e] = empty[s:e]
     return out
 
@@ -45,7 +38,7 @@ class ACE:
     config_class = ACEConfig
 
     def compute(self, pipe, request: EraseRequest, config: ACEConfig, targets: TargetSpec | None = None,
-                progress=None) -> Patch:
+                cache: PreserveCache | None = None, progress=None) -> Patch:
         targets = targets or TargetSpec()
         weights = {n: m.weight.detach() for n, m in targets.find(pipe.unet).items()}
         if config.target is NeutralTarget.empty:
@@ -54,9 +47,11 @@ class ACE:
             targets_fn = lambda prompts, words, c: fallback_targets(pipe, prompts, words, c)  # noqa: E731
         else:
             targets_fn = None
-        streamed = stream_statistics(pipe, request, targets_fn=targets_fn,
-                                     preserve_context=config.preserve_context, progress=progress)
-        edit = solve_edit(weights, streamed.stats, config.lam, config.erase_scale, config.preserve_scale)
+        streamed = stream_statistics(pipe, request, targets_fn=targets_fn, guidance=config.guidance,
+                                     preserve_context=config.preserve_context, cache=cache,
+                                     progress=progress)
+        edit = solve_edit(weights, streamed.stats, config.lam, config.erase_scale, config.preserve_scale,
+                          energy=config.rank_energy)
         gate = None
         if config.gated and edit.rank > 0:
             gate = calibrate_gate(streamed.stats, streamed.erase_sample, streamed.preserve_sample,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from editflow.edits.closed_form import solve_edit
 from editflow.edits.patch import Patch
-from editflow.edits.request import EraseRequest, stream_statistics
+from editflow.edits.request import EraseRequest
+from editflow.edits.streaming import PreserveCache, stream_statistics
 from editflow.edits.targets import TargetSpec
 from editflow.edits.uce.config import UCEConfig
 
@@ -39,9 +40,9 @@ class UCE:
     config_class = UCEConfig
 
     def compute(self, pipe, request: EraseRequest, config: UCEConfig, targets: TargetSpec | None = None,
-                progress=None) -> Patch:
+                cache: PreserveCache | None = None, progress=None) -> Patch:
         targets = targets or TargetSpec()
         weights = {n: m.weight.detach() for n, m in targets.find(pipe.unet).items()}
-        streamed = stream_statistics(pipe, request, progress=progress)
+        streamed = stream_statistics(pipe, request, cache=cache, progress=progress)
         edit = solve_edit(weights, streamed.stats, config.lam, config.erase_scale, config.preserve_scale)
         return Patch(edit, None, metadata(pipe, request, self.name, config, targets, {"rank": edit.rank}))
