@@ -16,12 +16,14 @@ its factors) in hand:
   research code does.
 
 Peak memory is the largest resident-set growth over the loaded model during each run (sampled
-every 5 ms). Prints a markdown table; results go to docs/benchmarks.md.
+every 5 ms, after ``malloc_trim`` hands freed pages back to the OS). Prints a markdown table;
+results go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import threading
 import time
@@ -47,6 +49,7 @@ class PeakRSS:
     """Largest RSS growth (MB) while the block runs."""
 
     def __enter__(self):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed pages back, so growth is this block's own
         self.base = self.peak = _rss_mb()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)

@@ -83,3 +83,14 @@ def test_world_request_takes_aliases(world):
     assert req.concepts[0].words == ("star", "pentagram", "asterisk")
     with pytest.raises(ValueError, match="exactly one concept"):
         world_request(world, ["star", "moon"], aliases=("x",))
+
+
+def test_default_preserve_covers_neighbours_then_other_families(world):
+    from editflow.world.erasure import default_preserve, world_request
+
+    keep = default_preserve(world, ["zorbo"])
+    assert set(keep[:3]) == {"lumina", "grax", "pemberly"}  # neighbours first
+    assert {"square", "heart", "kasimir", "tamsin"} <= set(keep) and "zorbo" not in keep
+    assert not any("null" in world.concept(k).tags for k in keep)
+    assert world_request(world, ["zorbo"]).preserve == keep
+    assert world_request(world, ["zorbo"], preserve=["lumina"]).preserve == ["lumina"]

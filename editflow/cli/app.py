@@ -1,7 +1,7 @@
 """The ``editflow`` command line.
 
 Errors are one line on stderr: exit 1 for a runtime failure (missing model, bad file), exit 2
-for bad usage (Typer's own checks), exit 3 when a check finds a number below its bar.
+for bad usage (Typer's own checks), exit 3 when a check or gate finds a number outside its bound.
 Progress bars go to stderr; results to stdout.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli import edit, world
+from editflow.cli import edit, evaluate, world
 from editflow.cli.common import ModelOpt, bar, cli_errors, quiet_libraries
 from editflow.errors import EditflowError
 
@@ -32,6 +32,7 @@ def _setup() -> None:
     quiet_libraries()
 
 edit.register(app)
+evaluate.register(app)
 
 
 @app.command()

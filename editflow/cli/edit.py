@@ -64,7 +64,7 @@ def erase(
              "'' otherwise).")] = None,
     preserve: Annotated[list[str], typer.Option(
         "--preserve", "-p", help="Concept to keep (repeatable). Default on the embedded model: same-family "
-                                 "neighbours.")] = [],  # noqa: B006
+                                 "neighbours, then the world's other objects, styles and identities.")] = [],  # noqa: B006
     alias: Annotated[list[str], typer.Option(help="Extra word/paraphrase naming the concept (repeatable).")] = [],  # noqa: B006
     synonyms: Annotated[bool, typer.Option(help="Also erase the world's synonyms of each concept.")] = True,
     token_policy: Annotated[Policy, typer.Option(
@@ -79,7 +79,7 @@ def erase(
         min=1e-6, max=1.0, help="ACE: keep the fewest edit directions holding this share of energy.")] = 0.999,
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="EDITFLOW_CACHE", help="Where preserve statistics are cached per base model "
-                                      "[default: ~/.cache/editflow].")] = None,
+                                      "(default: ~/.cache/editflow).")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse/cache the preserve statistics.")] = True,
     model: ModelOpt = None,
     check: Annotated[bool, typer.Option(help="Print before/after detection (embedded model only).")] = True,
@@ -136,6 +136,8 @@ def _before_after(pipe, patch, erased: list[str], kept: list[str], n: int) -> di
     from editflow.world import DEFAULT_WORLD
 
     judge = Evaluator.from_dir(embedded_dir() / "evaluator")
+    family = DEFAULT_WORLD.concept(erased[0]).family
+    kept = [k for k in kept if DEFAULT_WORLD.concept(k).family == family]  # the quick check: neighbours only
     dset = detection_set(DEFAULT_WORLD, erased + kept, n)
     b = bar(2 * len(dset.prompts), "before/after")
     before = detection_rates(pipe, judge, DEFAULT_WORLD, dset, progress=b.update)

@@ -30,10 +30,10 @@ from safetensors.torch import load_file, save_file
 from editflow.edits.closed_form import EditStatistics
 from editflow.edits.conditioning import (
     TokenPolicy,
-    is_clip_family,
     concept_span,
     encode,
     encode_features,
+    is_clip_family,
     positions,
     token_count,
 )

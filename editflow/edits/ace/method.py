@@ -3,8 +3,9 @@
 The update per projection is the closed form of :mod:`editflow.edits.closed_form`,
 ``ΔW = W (E* - E) Eᵀ (λI + E Eᵀ + s_p M)⁻¹`` (low rank by construction; truncated to the
 directions holding ``rank_energy`` of the update), with the neutral targets ``E*`` chosen by
-:class:`NeutralTarget` and pushed past the neutral point by ``guidance`` (η), and it is applied through a gate calibrated
-from erase vs preserve embeddings (:mod:`editflow.edits.gate`) so unrelated tokens pass through.
+:class:`NeutralTarget` and pushed past the neutral point by ``guidance`` (η), and it is applied
+through a gate calibrated from erase vs preserve embeddings (:mod:`editflow.edits.gate`), so
+unrelated tokens pass through.
 """
 
 from __future__ import annotations

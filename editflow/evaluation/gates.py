@@ -1,0 +1,153 @@
+"""Gates: thresholds on evaluation metrics, per concept family, read from YAML.
+
+A gate file (``configs/gates/default.yaml``)::
+
+    default:                       # applies to every family
+      erasure_rate: {max: 0.05}
+      specificity: {min: 0.95}
+    families:                      # overrides per concept family
+      identity:
+        leakage: {max: 0.10}
+
+Each entry names a metric of :mod:`editflow.evaluation.evaluate` and a ``min`` and/or ``max``
+bound (inclusive). A gated metric that was not measured fails, with that as its reason: a gate
+never passes on missing evidence. ``null`` removes an inherited gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from editflow.errors import EditflowError
+
+METRICS = (
+    "erasure_rate", "leakage", "leakage_synonym", "leakage_paraphrase", "leakage_misspelling",
+    "specificity", "specificity_neighbours", "specificity_distant", "clip_score_target",
+    "clip_score_preserved", "fid_preserved", "image_similarity_preserved", "memorization_score",
+    "harmonic_score", "attack_success",
+)
+DEFAULT_GATES = Path(__file__).resolve().parents[2] / "configs" / "gates" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class Bound:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"{self.min} <= x <= {self.max}"
+        return f">= {self.min}" if self.min is not None else f"<= {self.max}"
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    value: float | None
+    bound: str
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GateReport:
+    family: str
+    source: str
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "family": self.family, "source": self.source,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def _bounds(section, where: str) -> dict[str, Bound | None]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise EditflowError(f"gates: {where} must be a mapping of metric -> {{min, max}}")
+    out: dict[str, Bound | None] = {}
+    for metric, spec in section.items():
+        if metric not in METRICS:
+            raise EditflowError(f"gates: unknown metric {metric!r} in {where}; valid: {', '.join(METRICS)}")
+        if spec is None:
+            out[metric] = None
+            continue
+        if not isinstance(spec, dict) or not spec or set(spec) - {"min", "max"}:
+            raise EditflowError(f"gates: {where}.{metric} needs 'min' and/or 'max' (got {spec!r})")
+        try:
+            lo = None if spec.get("min") is None else float(spec["min"])
+            hi = None if spec.get("max") is None else float(spec["max"])
+        except (TypeError, ValueError):
+            raise EditflowError(f"gates: {where}.{metric} bounds must be numbers (got {spec!r})") from None
+        if lo is not None and hi is not None and lo > hi:
+            raise EditflowError(f"gates: {where}.{metric} has min {lo} > max {hi}")
+        out[metric] = Bound(metric, lo, hi)
+    return out
+
+
+@dataclass
+class Gates:
+    default: dict[str, Bound | None]
+    families: dict[str, dict[str, Bound | None]]
+    source: str = "<inline>"
+
+    @classmethod
+    def from_dict(cls, data, source: str = "<inline>") -> Gates:
+        if not isinstance(data, dict):
+            raise EditflowError(f"gates: {source} must hold a mapping with 'default' and/or 'families'")
+        unknown = set(data) - {"default", "families", "description"}
+        if unknown:
+            raise EditflowError(f"gates: unknown section(s) {sorted(unknown)} in {source}; "
+                                "valid: default, families, description")
+        fams = data.get("families") or {}
+        if not isinstance(fams, dict):
+            raise EditflowError(f"gates: 'families' in {source} must map family -> metrics")
+        return cls(_bounds(data.get("default"), "default"),
+                   {f: _bounds(v, f"families.{f}") for f, v in fams.items()}, source)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Gates:
+        path = Path(path) if path is not None else DEFAULT_GATES
+        if not path.is_file():
+            raise EditflowError(f"gates file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise EditflowError(f"gates: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data, str(path))
+
+    def bounds(self, family: str) -> list[Bound]:
+        merged = {**self.default, **self.families.get(family, {})}
+        return [b for b in merged.values() if b is not None]
+
+    def judge(self, metrics: dict[str, float | None], family: str, absent: dict[str, str] | None = None) -> GateReport:
+        checks = []
+        for b in self.bounds(family):
+            value = metrics.get(b.metric)
+            if value is None:
+                why = (absent or {}).get(b.metric, "not measured by this evaluation")
+                checks.append(Check(b.metric, None, b.describe(), False, f"no value: {why}"))
+                continue
+            low = b.min is not None and value < b.min
+            high = b.max is not None and value > b.max
+            if low or high:
+                reason = f"{value:.4g} is {'below the minimum' if low else 'above the maximum'} " \
+                         f"{b.min if low else b.max}"
+            else:
+                reason = f"{value:.4g} is within {b.describe()}"
+            checks.append(Check(b.metric, value, b.describe(), not (low or high), reason))
+        return GateReport(family, self.source, checks)
