@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from editflow.errors import EditflowError
-from editflow.world.captions import caption, fix_articles, sample_scene
+from editflow.world.captions import fix_articles
+from editflow.world.erasure import caption_template
 from editflow.world.spec import WorldSpec
 
 ROLES = ("target", "leakage", "neighbour", "distant")
@@ -94,16 +95,9 @@ def _plain(spec: WorldSpec, concept: str, word: str, f: _Fillers) -> str:
 
 def _paraphrase(spec: WorldSpec, concept: str, word: str, rng: random.Random, used: set[str]) -> str | None:
     """A training-style caption naming ``concept`` by ``word`` whose context the erasure did not use."""
-    c = spec.concept(concept)
-    fixed = {"identity": c.name} if c.family == "identity" else {"identity": "nobody", c.family: c.name}
     for _ in range(200):
-        text = caption(sample_scene(rng, spec, **fixed), rng, spec)
-        words = text.split()
-        if words.count(c.name) != 1:
-            continue
-        words[words.index(c.name)] = "{}"
-        template = " ".join(words).replace(" an {}", " a {}").replace("an {}", "a {}")
-        if template not in used:
+        template = caption_template(spec, concept, rng)
+        if template is not None and template not in used:
             return fix_articles(template.replace("{}", word))
     return None
 

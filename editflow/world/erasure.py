@@ -26,22 +26,27 @@ def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms
     return ConceptSpec(c.name, words, FAMILY_ANCHORS[c.family] if anchor is None else anchor)
 
 
+def caption_template(spec: WorldSpec, word: str, rng: random.Random) -> str | None:
+    """One random training-style caption of a scene showing the concept, with ``{}`` where its
+    canonical word stands (``None`` when the caption did not name it exactly once)."""
+    c = spec.concept(word)
+    fixed = {"identity": c.name} if c.family == "identity" else {"identity": "nobody", c.family: c.name}
+    words = caption(sample_scene(rng, spec, **fixed), rng, spec).split()
+    if words.count(c.name) != 1:
+        return None
+    words[words.index(c.name)] = "{}"
+    return " ".join(words).replace(" an {}", " a {}").replace("an {}", "a {}")
+
+
 def context_templates(spec: WorldSpec, word: str, n: int = 12, seed: int = 0) -> tuple[str, ...]:
     """``n`` distinct training-style captions showing the concept, with ``{}`` in its place."""
     c = spec.concept(word)
     rng = random.Random(seed)
     out: list[str] = []
-    for _ in range(50 * n):
-        fixed = {"identity": c.name} if c.family == "identity" else {"identity": "nobody", c.family: c.name}
-        if c.family == "style" and c.name == "plain":
-            break
-        text = caption(sample_scene(rng, spec, **fixed), rng, spec)
-        words = text.split()
-        if words.count(c.name) == 1:
-            words[words.index(c.name)] = "{}"
-            t = " ".join(words).replace(" an {}", " a {}").replace("an {}", "a {}")
-            if t not in out:
-                out.append(t)
+    for _ in range(50 * n if not (c.family == "style" and c.name == "plain") else 0):
+        t = caption_template(spec, word, rng)
+        if t is not None and t not in out:
+            out.append(t)
         if len(out) == n:
             break
     if not out:
