@@ -7,6 +7,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("EDITFLOW_QUIET", "1")
 os.environ.setdefault("EDITFLOW_CACHE", tempfile.mkdtemp(prefix="editflow-cache-"))  # never the user's cache
+os.environ.setdefault("EDITFLOW_HOME", tempfile.mkdtemp(prefix="editflow-home-"))  # nor their registry
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="editflow-prefect-"))  # nor their Prefect db
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -16,6 +16,7 @@ import typer
 from editflow.cli import edit, evaluate, world
 from editflow.cli.common import ModelOpt, bar, cli_errors, quiet_libraries
 from editflow.errors import EditflowError
+from editflow.plugins import is_model_uri, resolve_model_uri
 
 app = typer.Typer(
     name="editflow",
@@ -40,7 +41,9 @@ evaluate.register(app)
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the image grid (PNG).")],
-    model: ModelOpt = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Diffusers folder, hub id (local cache only) or registered patch "
+                              "(models:/NAME@ALIAS). Default: the embedded model.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
     steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 25,
@@ -55,7 +58,15 @@ def generate(
 
     if not prompt.strip():
         raise EditflowError("empty prompt")
+    patch = None
+    if is_model_uri(model):  # a registered patch: its base, with the patch applied
+        from editflow.edits import Patch
+
+        model, patch_file = resolve_model_uri(model)
+        patch = Patch.load(patch_file)
     pipe = load_pipeline(model, allow_download=allow_download)
+    if patch is not None:
+        patch.apply(pipe)
     b = bar(n, "generate")
     images = run(pipe, [prompt] * n, [seed + i for i in range(n)],
                  GenerationConfig(steps=steps, guidance=guidance), progress=b.update)
@@ -84,5 +95,17 @@ def info(
             typer.echo(f"{k:24s} {v}")
 
 
+def load_extensions(target: typer.Typer = app) -> typer.Typer:
+    """Add the commands of installed extensions (``editflow.cli`` entry points), once."""
+    from editflow.plugins import cli_extensions
+
+    if not getattr(target, "_editflow_extensions", False):
+        for register in cli_extensions():
+            register(target)
+        target._editflow_extensions = True
+    return target
+
+
 def main() -> None:
+    load_extensions(app)
     app()

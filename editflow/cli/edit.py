@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -84,46 +83,42 @@ def erase(
     model: ModelOpt = None,
     check: Annotated[bool, typer.Option(help="Print before/after detection (embedded model only).")] = True,
     check_images: Annotated[int, typer.Option(min=1, help="Images per concept for --check.")] = 12,
+    register: Annotated[str | None, typer.Option(
+        help="Run the flow: erase, evaluate, and register a passing patch as a version of this model name.")] = None,
+    gates: Annotated[Path | None, typer.Option(help="With --register: gate thresholds (YAML).")] = None,
+    eval_images: Annotated[int, typer.Option(min=2, help="With --register: images per erased concept.")] = 24,
 ):
-    """Erase concepts in closed form and write a patch; on the embedded model, print before/after detection."""
-    from dataclasses import fields
+    """Erase concepts in closed form and write a patch; on the embedded model, print before/after detection.
 
-    from editflow.edits import ConceptSpec, EraseRequest, get_method
+    With --register NAME, run the whole flow instead (Prefect): erase, evaluate against the gates,
+    and register a passing patch as a new version of NAME in the MLflow registry (exit 3 if a gate fails).
+    """
+    from editflow.edits.erase import EraseJob, build_request, prompt_count, run_erase
     from editflow.models.pipeline import load_pipeline
-    from editflow.world import DEFAULT_WORLD
-    from editflow.world.erasure import world_request
 
     words = _read_concepts(concept, concepts_file)
-    if alias and len(words) != 1:
-        raise EditflowError("--alias names one concept: give exactly one --concept with it")
-    if model is None:
-        for w in words:
-            DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
-    erase_method = get_method(method.value)
-    from editflow.edits.streaming import PreserveCache
-
     options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
                "guidance": guidance, "rank_energy": rank_energy}
-    cfg = erase_method.config_class(**{f.name: options[f.name] for f in fields(erase_method.config_class)
-                                       if f.name in options})
+    job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
+                   options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None)
+    job.validate()
+    if register is not None:
+        from editflow.plugins import run_flow
+
+        result = run_flow("erase", job=job, out=str(out), name=register, gates=str(gates) if gates else None,
+                          images=eval_images)
+        typer.echo(json.dumps(result, indent=2))
+        if not result["passed"]:
+            raise typer.Exit(3)
+        return
     pipe = load_pipeline(model)
-    if model is None:
-        req = world_request(DEFAULT_WORLD, words, anchor, preserve or None, synonyms, aliases=tuple(alias),
-                            token_policy=token_policy.value)
-    else:
-        req = EraseRequest([ConceptSpec(w, tuple(alias), anchor or "") for w in words], list(preserve),
-                           token_policy=token_policy.value)
-    n_prompts = len(req.templates) * (sum(len(c.words) for c in req.concepts) + len(req.preserve))
-    b = bar(n_prompts, f"{method.value}: encode")
-    t0 = time.perf_counter()
-    store = PreserveCache(cache_dir or Path.home() / ".cache" / "editflow") if cache else None
-    patch = erase_method.compute(pipe, req, cfg, cache=store, progress=b.update)
-    seconds = time.perf_counter() - t0
+    req = build_request(job)
+    b = bar(prompt_count(req), f"{method.value}: encode")
+    patch, req = run_erase(job, pipe, progress=b.update)
     b.close()
-    patch.metadata["seconds"] = round(seconds, 3)
     path = patch.save(out)
     summary = {"patch": str(path), "method": method.value, "concepts": [c.name for c in req.concepts],
-               "rank": patch.edit.rank, "gated": patch.gate is not None, "seconds": round(seconds, 3)}
+               "rank": patch.edit.rank, "gated": patch.gate is not None, "seconds": patch.metadata["seconds"]}
     if check and model is None:
         summary["detection"] = _before_after(pipe, patch, [c.name for c in req.concepts], req.preserve, check_images)
     typer.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,104 @@
+"""``erase_flow``: erase -> evaluate -> gate -> register, as a Prefect 3 flow.
+
+Each stage is a task over plain, JSON-able inputs (:class:`~editflow.edits.erase.EraseJob`,
+:class:`~editflow.evaluation.run.EvalJob`), so Prefect can cache it: the erase and evaluation
+tasks are keyed on their inputs and their code (``INPUTS + TASK_SOURCE``) and persist their
+results, so a re-run after a crash (say, the registry was unreachable) resumes at the stage that
+failed instead of recomputing. Registration retries on transient failures. The flow publishes a
+table artifact with the gate checks and a markdown artifact pointing at the MLflow version.
+
+With no ``PREFECT_API_URL`` the flow runs against Prefect's temporary local server; with one,
+runs show in the Prefect UI. ``editflow erase ... --register NAME`` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from editflow.edits.erase import EraseJob
+from editflow.evaluation.run import EvalJob
+
+CACHE = dict(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=7), persist_result=True)
+
+
+@task(name="erase", **CACHE)
+def erase_task(job: dict, out: str) -> dict:
+    """Compute the patch and write it to ``out``; returns its path and summary."""
+    from editflow.edits.erase import run_erase
+
+    patch, request = run_erase(EraseJob(**job))
+    path = patch.save(out)
+    return {"patch": str(path), "rank": patch.edit.rank, "concepts": [c.name for c in request.concepts],
+            "seconds": patch.metadata["seconds"]}
+
+
+@task(name="evaluate", **CACHE)
+def evaluate_task(job: dict, patch_bytes_hash: str) -> dict:
+    """Evaluate the patch and judge the gates; ``patch_bytes_hash`` keys the cache on the patch's content."""
+    from editflow.evaluation.run import run_eval
+
+    outcome = run_eval(EvalJob(**job))
+    return {"report_dir": str(outcome.report_dir), "passed": outcome.passed,
+            "checks": [c.to_dict() for c in outcome.gates.checks], "seconds": outcome.result.seconds}
+
+
+@task(name="register", retries=2, retry_delay_seconds=[2, 10])
+def register_task(patch: str, report_dir: str, name: str, tracking_uri: str | None) -> dict:
+    from registry.register import register_patch
+    from registry.store import Store
+
+    return register_patch(patch, report_dir, name, Store.resolve(tracking_uri)).to_dict()
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@flow(name="editflow-erase", log_prints=True)
+def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images: int = 24,
+               tracking_uri: str | None = None, eval_cache_dir: str | None = None) -> dict:
+    """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes."""
+    erased_state = erase_task(job, out, return_state=True)
+    erased = erased_state.result()
+    if not Path(erased["patch"]).is_file():  # a cached result whose file is gone: recompute
+        erased_state = erase_task.with_options(refresh_cache=True)(job, out, return_state=True)
+        erased = erased_state.result()
+    eval_job = EvalJob(patch=erased["patch"], model=job.get("model"), gates=gates, images=images,
+                       cache_dir=eval_cache_dir or job.get("cache_dir"),
+                       out=str(Path(out).with_name(Path(out).stem + "-eval")))
+    evaluated_state = evaluate_task(asdict(eval_job), _sha256(erased["patch"]), return_state=True)
+    evaluated = evaluated_state.result()
+    if not (Path(evaluated["report_dir"]) / "report.json").is_file():
+        evaluated_state = evaluate_task.with_options(refresh_cache=True)(
+            asdict(eval_job), _sha256(erased["patch"]), return_state=True)
+        evaluated = evaluated_state.result()
+    create_table_artifact(key="gate-checks", table=[{k: c[k] for k in ("metric", "value", "bound", "passed", "reason")}
+                                                    for c in evaluated["checks"]],
+                          description=f"Gates for {', '.join(erased['concepts'])}")
+    stages = {"erase": erased_state.name, "evaluate": evaluated_state.name}
+    result = {"passed": evaluated["passed"], "patch": erased["patch"], "report": evaluated["report_dir"],
+              "concepts": erased["concepts"], "stages": stages, "registration": None}
+    # a failed gate is logged too (a run with the report), it just gets no model version
+    registration = register_task(erased["patch"], evaluated["report_dir"], name, tracking_uri)
+    result["registration"] = registration
+    stages["register"] = "Completed"
+    where = (f"version **{registration['version']}** of `{name}` (alias `candidate`): "
+             f"`{registration['model_uri']}`" if registration["version"]
+             else f"no version: gates failed; MLflow run `{registration['run_id']}` holds the report")
+    create_markdown_artifact(key="registration", markdown=f"# {name}\n\n{where}\n")
+    print(json.dumps({"passed": result["passed"], "stages": stages}))
+    return result
+
+
+def run_from_cli(job: EraseJob, out: str, name: str, gates: str | None = None, images: int = 24) -> dict:
+    """Entry point ``editflow.flows:erase`` (``editflow erase --register NAME``)."""
+    return erase_flow(asdict(job), out, name, gates, images)
