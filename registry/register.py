@@ -168,7 +168,7 @@ def register_patch(patch_path: str | Path, report_dir: str | Path, name: str, st
         with contextlib.suppress(Exception):  # exists already (or another writer made it first)
             client.create_registered_model(name, description="Concept-erasure patches made by editflow.")
         version = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
-                                              tags=tags, description=card)
+                                              tags=tags, description=card, model_id=info.model_id)
         try:
             client.set_registered_model_alias(name, alias, version.version)
         except BaseException:

@@ -67,3 +67,83 @@ def test_erase_register_cli_runs_the_flow_and_exits_3_on_a_failed_gate(tmp_path,
     assert store.client().search_model_versions("name='erase-star'") == []
     run = store.client().get_run(result["registration"]["run_id"])
     assert run.data.tags["editflow.gate_status"] == "failed"
+
+
+# -- safety policies ----------------------------------------------------------------------------
+
+
+def _policy(tmp_path, **extra):
+    import yaml
+
+    data = {"name": "world-stars", "base": "embedded", "method": "ace", "concepts": ["star"], "eval_images": 4,
+            "schedule": "0 3 * * *", "out_dir": "patches", **extra}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_policy_run_registers_a_candidate_then_does_nothing_once_the_champion_covers_it(tmp_path, store):
+    from flows.policy import policy_flow
+    from registry.register import promote
+
+    path = _policy(tmp_path)
+    first = policy_flow(str(path), store.tracking_uri, str(tmp_path / "cache"))
+    assert first["missing"] == ["star"] and first["result"]["registration"]["version"] == "1"
+    assert (tmp_path / "patches").is_dir()  # out_dir is relative to the policy file
+    promote("world-stars", "1", store=store)
+    second = policy_flow(str(path), store.tracking_uri, str(tmp_path / "cache"))
+    assert second["champion"] == "1" and second["missing"] == [] and second["result"] is None
+    assert len(store.client().search_model_versions("name='world-stars'")) == 1
+
+
+def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, store):
+    from flows.policy import Policy, plan
+
+    client = store.client()
+    client.create_registered_model("p")
+    (tmp_path / "src").mkdir()
+    mv = client.create_model_version("p", str(tmp_path / "src"), tags={"editflow.concepts": "skull"})
+    client.set_registered_model_alias("p", "champion", mv.version)
+    policy = Policy.from_dict({"name": "p", "concepts": ["skull", {"name": "blade", "synonyms": ["sword"]}]})
+    todo = plan(policy, store.tracking_uri)
+    assert todo["champion"] == str(mv.version) and todo["missing"] == ["blade"]
+    assert todo["erase"] == ["blade", "skull"]
+    job = policy.job(todo["erase"])
+    assert job.concept_aliases == {"blade": ["sword"]} and job.model is None
+    fresh = Policy.from_dict({"name": "none-yet", "concepts": ["skull"]})
+    assert plan(fresh, store.tracking_uri)["missing"] == ["skull"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "x", "concepts": ["star"], "shedule": "x"}, "unknown key(s) ['shedule']"),
+    ({"concepts": ["star"]}, "'name'"),
+    ({"name": "x", "concepts": []}, "non-empty list"),
+    ({"name": "x", "concepts": ["unicorn"]}, "unknown concept 'unicorn'"),
+    ({"name": "x", "concepts": ["star"], "method": "esd"}, "unknown method 'esd'"),
+    ({"name": "x", "concepts": [{"synonyms": ["a"]}]}, "a concept is a word"),
+])
+def test_bad_policies_are_refused(data, message):
+    from editflow.errors import EditflowError
+    from flows.policy import Policy
+
+    with pytest.raises(EditflowError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        Policy.from_dict(data)
+
+
+def test_policy_deployment_and_serve_cli(tmp_path, monkeypatch):
+    from flows.policy import deployment
+
+    dep = deployment(str(_policy(tmp_path)))
+    assert dep.name == "policy-world-stars" and dep.parameters["policy_path"].endswith("policy.yaml")
+    assert dep.schedules[0].schedule.cron == "0 3 * * *"
+    from editflow.cli.app import load_extensions
+
+    cli = load_extensions(app)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    res = runner.invoke(cli, ["policy", "serve", str(_policy(tmp_path))])
+    assert res.exit_code == 1 and "needs a Prefect server" in res.stderr
+    res = runner.invoke(cli, ["policy", "plan", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 1 and "policy file not found" in res.stderr
+    no_schedule = _policy(tmp_path, schedule=None)
+    with pytest.raises(Exception, match="no 'schedule'"):
+        deployment(str(no_schedule))

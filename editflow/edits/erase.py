@@ -29,6 +29,7 @@ class EraseJob:
     token_policy: str = "through_pad"
     options: dict = field(default_factory=dict)  # fields of the method's config (lam, guidance, ...)
     cache_dir: str | None = None  # preserve-statistics cache; None: no cache
+    concept_aliases: dict[str, list[str]] = field(default_factory=dict)  # extra words per concept
 
     def validate(self) -> None:
         if not self.concepts:
@@ -54,9 +55,10 @@ def build_request(job: EraseJob) -> EraseRequest:
         from editflow.world.erasure import world_request
 
         return world_request(DEFAULT_WORLD, list(job.concepts), job.anchor, list(job.preserve) or None,
-                             job.synonyms, aliases=tuple(job.aliases), token_policy=job.token_policy)
-    return EraseRequest([ConceptSpec(w, tuple(job.aliases), job.anchor or "") for w in job.concepts],
-                        list(job.preserve), token_policy=job.token_policy)
+                             job.synonyms, aliases=tuple(job.aliases), token_policy=job.token_policy,
+                             concept_aliases={k: tuple(v) for k, v in job.concept_aliases.items()})
+    return EraseRequest([ConceptSpec(w, tuple(job.aliases) + tuple(job.concept_aliases.get(w, ())), job.anchor or "")
+                         for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
 
 
 def run_erase(job: EraseJob, pipe=None, progress=None):

@@ -79,10 +79,11 @@ def default_preserve(spec: WorldSpec, words: list[str]) -> list[str]:
 
 def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, preserve: list[str] | None = None,
                   synonyms: bool = True, n_templates: int = 32, seed: int = 0, aliases: tuple[str, ...] = (),
-                  **kw) -> EraseRequest:
+                  concept_aliases: dict[str, tuple[str, ...]] | None = None, **kw) -> EraseRequest:
     """An :class:`EraseRequest` for world concepts (same family required: they share contexts).
 
-    ``aliases`` are extra words for the concept and need exactly one concept.
+    ``aliases`` are extra words for the concept and need exactly one concept; ``concept_aliases``
+    gives extra words per concept (a safety policy's synonyms).
     """
     if not words:
         raise ValueError("name at least one concept to erase")
@@ -92,6 +93,7 @@ def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, 
     if aliases and len(words) != 1:
         raise ValueError("aliases name one concept: erase exactly one concept with them")
     templates = context_templates(spec, words[0], n_templates, seed)
-    concepts = [concept_spec(spec, w, anchor, synonyms, aliases) for w in words]
+    extra = concept_aliases or {}
+    concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
     keep = default_preserve(spec, words) if preserve is None else preserve
     return EraseRequest(concepts, keep, templates, **kw)

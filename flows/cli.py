@@ -1,0 +1,66 @@
+"""``editflow policy run|serve|plan``: safety policies through Prefect (entry point ``editflow.cli``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from editflow.cli.common import cli_errors
+from editflow.errors import EditflowError
+
+app = typer.Typer(help="Safety policies: erase what a policy names, on demand or on a schedule.",
+                  no_args_is_help=True)
+PolicyArg = Annotated[Path, typer.Argument(help="Policy file (configs/policies/*.yaml).")]
+UriOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI (default: SQLite store under $EDITFLOW_HOME, ~/.editflow).")]
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="policy")
+
+
+@app.command("plan")
+@cli_errors
+def plan_cmd(policy: PolicyArg, tracking_uri: UriOpt = None):
+    """What a run would do: the champion, what it covers, what is missing."""
+    from flows.policy import Policy, plan
+
+    typer.echo(json.dumps(plan(Policy.load(policy), tracking_uri), indent=2))
+
+
+@app.command("run")
+@cli_errors
+def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None):
+    """Run the policy now (Prefect flow): erase what the champion misses, gate, register a candidate.
+
+    Exit 3 when the new patch fails a gate (its run is logged, no version is made).
+    """
+    from flows.policy import Policy, policy_flow
+
+    Policy.load(policy)  # validate before starting Prefect
+    result = policy_flow(str(policy), tracking_uri)
+    typer.echo(json.dumps(result, indent=2, default=str))
+    if result["result"] is not None and not result["result"]["passed"]:
+        raise typer.Exit(3)
+
+
+@app.command("serve")
+@cli_errors
+def serve_cmd(policy: list[Path] = typer.Argument(..., help="Policy files to serve.")):
+    """Serve policies on their cron schedules against a Prefect server (blocks; Ctrl-C stops).
+
+    Needs a real server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api.
+    """
+    from prefect import serve
+
+    from flows.policy import deployment
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise EditflowError("policy serve needs a Prefect server: run `prefect server start` and set "
+                            "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    serve(*[deployment(str(p)) for p in policy])

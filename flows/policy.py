@@ -1,0 +1,158 @@
+"""Safety policies: which concepts must be gone from which base model, checked on a schedule.
+
+A policy file (``configs/policies/*.yaml``)::
+
+    name: world-unsafe-objects     # registered model name in MLflow
+    base: embedded                 # or a local diffusers folder / cached hub id
+    method: ace
+    concepts:                      # a word, or {name, synonyms}
+      - skull
+      - {name: blade, synonyms: [sword]}
+    gates: ../gates/default.yaml   # paths are relative to the policy file
+    eval_images: 24
+    schedule: "0 3 * * *"          # cron, for `editflow policy serve`
+    out_dir: patches/              # where patches and reports go (default: $EDITFLOW_HOME/patches/<name>)
+
+``policy_flow`` compares the policy with the registered model's ``champion``: when the champion
+already erases every concept the policy names, there is nothing to do; otherwise it runs
+:func:`flows.erase.erase_flow` for all of them in one solve (closed form takes seconds, and a
+patch that stands alone is what a reviewer can promote), which registers a new ``candidate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+
+from editflow.edits.erase import EraseJob
+from editflow.errors import EditflowError
+
+KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "schedule", "description", "out_dir"}
+
+
+@dataclass
+class Policy:
+    name: str
+    concepts: list[str]
+    synonyms: dict[str, list[str]] = field(default_factory=dict)
+    base: str = "embedded"
+    method: str = "ace"
+    gates: str | None = None
+    eval_images: int = 24
+    schedule: str | None = None
+    out_dir: str | None = None
+    source: str = "<inline>"
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise EditflowError(f"policy file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise EditflowError(f"policy {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data, source: str = "<inline>") -> Policy:
+        if not isinstance(data, dict):
+            raise EditflowError(f"policy {source}: expected a mapping")
+        unknown = set(data) - KEYS
+        if unknown:
+            raise EditflowError(f"policy {source}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(KEYS))}")
+        if not data.get("name") or not isinstance(data.get("name"), str):
+            raise EditflowError(f"policy {source}: 'name' (the registered model name) is required")
+        raw = data.get("concepts") or []
+        if not isinstance(raw, list) or not raw:
+            raise EditflowError(f"policy {source}: 'concepts' must be a non-empty list")
+        concepts, synonyms = [], {}
+        for c in raw:
+            if isinstance(c, str):
+                concepts.append(c)
+            elif isinstance(c, dict) and isinstance(c.get("name"), str):
+                concepts.append(c["name"])
+                if c.get("synonyms"):
+                    synonyms[c["name"]] = [str(s) for s in c["synonyms"]]
+            else:
+                raise EditflowError(f"policy {source}: a concept is a word or {{name, synonyms}}, got {c!r}")
+        from editflow.edits import available
+
+        method = data.get("method", "ace")
+        if method not in available():
+            raise EditflowError(f"policy {source}: unknown method {method!r}; valid: {', '.join(available())}")
+        base = str(data.get("base", "embedded"))
+        if base == "embedded":
+            from editflow.world import DEFAULT_WORLD
+
+            for c in concepts:
+                try:
+                    DEFAULT_WORLD.concept(c)
+                except ValueError as exc:
+                    raise EditflowError(f"policy {source}: {exc}") from None
+        gates, out_dir = data.get("gates"), data.get("out_dir")
+        if source != "<inline>":  # paths in a policy are relative to the policy file
+            here = Path(source).resolve().parent
+            gates = str(here / gates) if gates else None
+            out_dir = str(here / out_dir) if out_dir else None
+            if gates and not Path(gates).is_file():
+                raise EditflowError(f"policy {source}: gates file not found: {gates}")
+        return cls(data["name"], concepts, synonyms, base, method, gates,
+                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source)
+
+    def job(self, concepts: list[str], cache_dir: str | None = None) -> EraseJob:
+        return EraseJob(list(concepts), self.method, None if self.base == "embedded" else self.base,
+                        cache_dir=cache_dir, concept_aliases={c: self.synonyms[c] for c in concepts
+                                                              if c in self.synonyms})
+
+
+def covered_by_champion(name: str, tracking_uri: str | None = None) -> tuple[str | None, set[str]]:
+    """(champion version, concepts it erases), or (None, empty) when there is no champion yet."""
+    from registry.store import Store
+
+    client = Store.resolve(tracking_uri).client()
+    try:
+        mv = client.get_model_version_by_alias(name, "champion")
+    except Exception:  # no such model or no champion alias yet
+        return None, set()
+    return str(mv.version), {c for c in mv.tags.get("editflow.concepts", "").split(",") if c}
+
+
+def plan(policy: Policy, tracking_uri: str | None = None) -> dict:
+    champion, covered = covered_by_champion(policy.name, tracking_uri)
+    missing = [c for c in policy.concepts if c not in covered]
+    return {"champion": champion, "covered": sorted(covered), "missing": missing,
+            "erase": sorted(set(policy.concepts) | covered) if missing else []}
+
+
+@flow(name="editflow-policy", log_prints=True)
+def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> dict:
+    """Run a safety policy now: erase what the champion does not cover yet, register a candidate."""
+    from flows.erase import erase_flow
+
+    policy = Policy.load(policy_path)
+    todo = plan(policy, tracking_uri)
+    log = get_run_logger()
+    if not todo["missing"]:
+        log.info(f"champion v{todo['champion']} of {policy.name} already erases {', '.join(policy.concepts)}")
+        return {"policy": policy.name, **todo, "result": None}
+    log.info(f"erasing {', '.join(todo['erase'])} (not yet covered: {', '.join(todo['missing'])})")
+    from registry.store import editflow_home
+
+    out_dir = Path(policy.out_dir) if policy.out_dir else editflow_home() / "patches" / policy.name
+    out = out_dir / f"{policy.name}-{'-'.join(todo['erase'])}.safetensors"
+    result = erase_flow(asdict(policy.job(todo["erase"], cache_dir)), str(out), policy.name, policy.gates,
+                        policy.eval_images, tracking_uri)
+    return {"policy": policy.name, **todo, "result": result}
+
+
+def deployment(policy_path: str):
+    """The Prefect deployment that runs ``policy_path`` on its cron schedule (``editflow policy serve``)."""
+    policy = Policy.load(policy_path)
+    if not policy.schedule:
+        raise EditflowError(f"policy {policy_path} has no 'schedule' (a cron string) to serve")
+    return policy_flow.to_deployment(name=f"policy-{policy.name}", cron=policy.schedule,
+                                     parameters={"policy_path": str(Path(policy_path).resolve())})
