@@ -35,7 +35,9 @@ def plan_cmd(policy: PolicyArg, tracking_uri: UriOpt = None):
 
 @app.command("run")
 @cli_errors
-def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None):
+def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None,
+            dask_address: Annotated[str | None, typer.Option(
+                help="Spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None):
     """Run the policy now (Prefect flow): erase what the champion misses, gate, register a candidate.
 
     Exit 3 when the new patch fails a gate (its run is logged, no version is made).
@@ -43,7 +45,7 @@ def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None):
     from flows.policy import Policy, policy_flow
 
     Policy.load(policy)  # validate before starting Prefect
-    result = policy_flow(str(policy), tracking_uri)
+    result = policy_flow(str(policy), tracking_uri, dask_address=dask_address)
     typer.echo(json.dumps(result, indent=2, default=str))
     if result["result"] is not None and not result["result"]["passed"]:
         raise typer.Exit(3)

@@ -25,6 +25,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from editflow.edits.erase import EraseJob
 from editflow.evaluation.run import EvalJob
 
+SHARD = 16  # prompts per Dask task: small enough to spread a default evaluation over a few workers
 CACHE = dict(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=7), persist_result=True)
 
 
@@ -40,11 +41,24 @@ def erase_task(job: dict, out: str) -> dict:
 
 
 @task(name="evaluate", **CACHE)
-def evaluate_task(job: dict, patch_bytes_hash: str) -> dict:
-    """Evaluate the patch and judge the gates; ``patch_bytes_hash`` keys the cache on the patch's content."""
+def evaluate_task(job: dict, patch_bytes_hash: str, fan_out: bool = False) -> dict:
+    """Evaluate the patch and judge the gates; ``patch_bytes_hash`` keys the cache on the patch's content.
+
+    ``fan_out``: the task runs on a Dask cluster (``DaskTaskRunner``); its generation shards are
+    spread over the cluster's workers, each loading the model and patch once.
+    """
     from editflow.evaluation.run import run_eval
 
-    outcome = run_eval(EvalJob(**job))
+    if fan_out:
+        from prefect_dask import get_dask_client
+
+        with get_dask_client() as client:
+            def dask_map(fn, shards):
+                return client.gather(client.map(fn, list(shards), pure=False))
+
+            outcome = run_eval(EvalJob(**job), map_fn=dask_map, remote=True, shard_size=SHARD)
+    else:
+        outcome = run_eval(EvalJob(**job))
     return {"report_dir": str(outcome.report_dir), "passed": outcome.passed,
             "checks": [c.to_dict() for c in outcome.gates.checks], "seconds": outcome.result.seconds}
 
@@ -57,6 +71,13 @@ def register_task(patch: str, report_dir: str, name: str, tracking_uri: str | No
     return register_patch(patch, report_dir, name, Store.resolve(tracking_uri)).to_dict()
 
 
+def _run(task_fn, *args):
+    """Submit to the flow's task runner (threads, or Dask workers) and wait: the final state."""
+    future = task_fn.submit(*args)
+    future.wait()
+    return future.state
+
+
 def _sha256(path: str) -> str:
     import hashlib
 
@@ -65,21 +86,21 @@ def _sha256(path: str) -> str:
 
 @flow(name="editflow-erase", log_prints=True)
 def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images: int = 24,
-               tracking_uri: str | None = None, eval_cache_dir: str | None = None) -> dict:
+               tracking_uri: str | None = None, eval_cache_dir: str | None = None, fan_out: bool = False) -> dict:
     """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes."""
-    erased_state = erase_task(job, out, return_state=True)
+    erased_state = _run(erase_task, job, out)
     erased = erased_state.result()
     if not Path(erased["patch"]).is_file():  # a cached result whose file is gone: recompute
-        erased_state = erase_task.with_options(refresh_cache=True)(job, out, return_state=True)
+        erased_state = _run(erase_task.with_options(refresh_cache=True), job, out)
         erased = erased_state.result()
     eval_job = EvalJob(patch=erased["patch"], model=job.get("model"), gates=gates, images=images,
                        cache_dir=eval_cache_dir or job.get("cache_dir"),
                        out=str(Path(out).with_name(Path(out).stem + "-eval")))
-    evaluated_state = evaluate_task(asdict(eval_job), _sha256(erased["patch"]), return_state=True)
+    evaluated_state = _run(evaluate_task, asdict(eval_job), _sha256(erased["patch"]), fan_out)
     evaluated = evaluated_state.result()
     if not (Path(evaluated["report_dir"]) / "report.json").is_file():
-        evaluated_state = evaluate_task.with_options(refresh_cache=True)(
-            asdict(eval_job), _sha256(erased["patch"]), return_state=True)
+        evaluated_state = _run(evaluate_task.with_options(refresh_cache=True), asdict(eval_job),
+                               _sha256(erased["patch"]), fan_out)
         evaluated = evaluated_state.result()
     create_table_artifact(key="gate-checks", table=[{k: c[k] for k in ("metric", "value", "bound", "passed", "reason")}
                                                     for c in evaluated["checks"]],
@@ -99,6 +120,16 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     return result
 
 
-def run_from_cli(job: EraseJob, out: str, name: str, gates: str | None = None, images: int = 24) -> dict:
-    """Entry point ``editflow.flows:erase`` (``editflow erase --register NAME``)."""
-    return erase_flow(asdict(job), out, name, gates, images)
+def on_dask(flow_fn, address: str | None):
+    """``flow_fn`` with its tasks on the Dask scheduler at ``address`` (prefect-dask), or as it is."""
+    if not address:
+        return flow_fn
+    from prefect_dask import DaskTaskRunner
+
+    return flow_fn.with_options(task_runner=DaskTaskRunner(address=address))
+
+
+def run_from_cli(job: EraseJob, out: str, name: str, gates: str | None = None, images: int = 24,
+                 dask_address: str | None = None) -> dict:
+    """Entry point ``editflow.flows:erase`` (``editflow erase --register NAME [--dask-address ...]``)."""
+    return on_dask(erase_flow, dask_address)(asdict(job), out, name, gates, images, fan_out=bool(dask_address))

@@ -129,9 +129,10 @@ def plan(policy: Policy, tracking_uri: str | None = None) -> dict:
 
 
 @flow(name="editflow-policy", log_prints=True)
-def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> dict:
+def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: str | None = None,
+                dask_address: str | None = None) -> dict:
     """Run a safety policy now: erase what the champion does not cover yet, register a candidate."""
-    from flows.erase import erase_flow
+    from flows.erase import erase_flow, on_dask
 
     policy = Policy.load(policy_path)
     todo = plan(policy, tracking_uri)
@@ -144,8 +145,9 @@ def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: st
 
     out_dir = Path(policy.out_dir) if policy.out_dir else editflow_home() / "patches" / policy.name
     out = out_dir / f"{policy.name}-{'-'.join(todo['erase'])}.safetensors"
-    result = erase_flow(asdict(policy.job(todo["erase"], cache_dir)), str(out), policy.name, policy.gates,
-                        policy.eval_images, tracking_uri)
+    result = on_dask(erase_flow, dask_address)(asdict(policy.job(todo["erase"], cache_dir)), str(out), policy.name,
+                                               policy.gates, policy.eval_images, tracking_uri,
+                                               fan_out=bool(dask_address))
     return {"policy": policy.name, **todo, "result": result}
 
 

@@ -87,6 +87,8 @@ def erase(
         help="Run the flow: erase, evaluate, and register a passing patch as a version of this model name.")] = None,
     gates: Annotated[Path | None, typer.Option(help="With --register: gate thresholds (YAML).")] = None,
     eval_images: Annotated[int, typer.Option(min=2, help="With --register: images per erased concept.")] = 24,
+    dask_address: Annotated[str | None, typer.Option(
+        help="With --register: spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
 ):
     """Erase concepts in closed form and write a patch; on the embedded model, print before/after detection.
 
@@ -106,7 +108,7 @@ def erase(
         from editflow.plugins import run_flow
 
         result = run_flow("erase", job=job, out=str(out), name=register, gates=str(gates) if gates else None,
-                          images=eval_images)
+                          images=eval_images, dask_address=dask_address)
         typer.echo(json.dumps(result, indent=2))
         if not result["passed"]:
             raise typer.Exit(3)

@@ -66,7 +66,8 @@ class EvalResult:
                 for (role, c), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1]))]
 
 
-def _original_images(pipe, prompts, seeds, config, cache, map_fn, progress) -> tuple[list[Image.Image], bool]:
+def _original_images(pipe, prompts, seeds, config, cache, map_fn, progress, runner=None
+                     ) -> tuple[list[Image.Image], bool]:
     key = None
     if cache is not None:
         key = ImageCache.key(model_fingerprint(pipe), config, prompts, seeds)
@@ -75,8 +76,8 @@ def _original_images(pipe, prompts, seeds, config, cache, map_fn, progress) -> t
             if progress is not None:
                 progress(len(prompts))
             return hit, True
-    images = generate_sharded(PipelineShardRunner(pipe, config, progress), make_shards(prompts, seeds, config.batch),
-                              map_fn)
+    images = generate_sharded(runner or PipelineShardRunner(pipe, config, progress),
+                              make_shards(prompts, seeds, config.batch), map_fn)
     if cache is not None:
         cache.put(key, images)
     return images, False
@@ -84,9 +85,13 @@ def _original_images(pipe, prompts, seeds, config, cache, map_fn, progress) -> t
 
 def evaluate(pipe, prompts: PromptSet, detector: Detector, evaluator: Evaluator, patch=None,
              config: GenerationConfig | None = None, cache: ImageCache | None = None,
-             map_fn: Callable[[Callable, Iterable], Iterable] = map, progress=None) -> EvalResult:
+             map_fn: Callable[[Callable, Iterable], Iterable] = map, progress=None,
+             runners: tuple[Callable, Callable] | None = None) -> EvalResult:
     """Generate original and patched images for ``prompts`` (same seeds) and compute the metrics.
 
+    ``map_fn`` spreads the generation shards (``map`` in process; a Dask client's map in the
+    flows); ``runners`` = (original, patched) shard runners that load their own model on a worker
+    (:class:`~editflow.evaluation.generation.ModelShardRunner`) instead of using ``pipe``.
     ``patch=None`` evaluates the base model itself: patched == original, so specificity is 1
     and the erasure rate is the model's own detection rate (a baseline, and a failing gate).
     """
@@ -96,14 +101,19 @@ def evaluate(pipe, prompts: PromptSet, detector: Detector, evaluator: Evaluator,
     items = prompts.prompts
     texts, seeds = [p.text for p in items], [p.seed for p in items]
     t0 = time.perf_counter()
-    original, cached = _original_images(pipe, texts, seeds, config, cache, map_fn, progress)
+    original, cached = _original_images(pipe, texts, seeds, config, cache, map_fn, progress,
+                                        runners[0] if runners else None)
     t1 = time.perf_counter()
     if patch is None:
         patched = original
     else:
-        with patch.apply(pipe):
-            patched = generate_sharded(PipelineShardRunner(pipe, config, progress),
-                                       make_shards(texts, seeds, config.batch), map_fn)
+        shards = make_shards(texts, seeds, config.batch)
+        if runners:
+            patch.check_base(pipe.unet)
+            patched = generate_sharded(runners[1], shards, map_fn)
+        else:
+            with patch.apply(pipe):
+                patched = generate_sharded(PipelineShardRunner(pipe, config, progress), shards, map_fn)
     t2 = time.perf_counter()
     before, after = detector.detect(original, items), detector.detect(patched, items)
     f_before, f_after = evaluator.image_features(original), evaluator.image_features(patched)

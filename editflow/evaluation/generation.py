@@ -14,6 +14,7 @@ Generation dominates an evaluation. Two things keep it affordable:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -48,6 +49,33 @@ class PipelineShardRunner:
 
     def __call__(self, shard: Shard) -> list[Image.Image]:
         return generate(self.pipe, list(shard.prompts), list(shard.seeds), self.config, progress=self.progress)
+
+
+class ModelShardRunner:
+    """Generates a shard with a model it loads itself: what a remote worker (Dask) runs.
+
+    Picklable (it holds names, not weights); each worker process loads the model, and the patch if
+    one is named, once (:func:`_loaded`) and reuses it for every shard it is given.
+    """
+
+    def __init__(self, model: str | None, patch: str | None, config: GenerationConfig):
+        self.model, self.patch, self.config = model, patch, config
+
+    def __call__(self, shard: Shard) -> list[Image.Image]:
+        pipe = _loaded(self.model, self.patch)
+        return generate(pipe, list(shard.prompts), list(shard.seeds), self.config)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(model: str | None, patch: str | None):
+    """Per-process memo of (model, patch) -> pipeline with the patch applied (workers reuse it)."""
+    from editflow.edits import Patch
+    from editflow.models.pipeline import load_pipeline
+
+    pipe = load_pipeline(model)
+    if patch is not None:
+        Patch.load(patch).apply(pipe)  # stays applied for this worker's copy
+    return pipe
 
 
 def generate_sharded(run: Callable[[Shard], list[Image.Image]], shards: list[Shard],

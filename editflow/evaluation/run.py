@@ -90,8 +90,12 @@ def _real_prompts(concepts, preserve, prompts_file, leakage_file, preserve_file,
 
 
 def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Iterable] = map,
-             progress_factory=None) -> EvalOutcome:
-    """Evaluate ``job``; ``progress_factory(total, desc)`` may return a bar with ``update``/``close``."""
+             progress_factory=None, remote: bool = False, shard_size: int | None = None) -> EvalOutcome:
+    """Evaluate ``job``; ``progress_factory(total, desc)`` may return a bar with ``update``/``close``.
+
+    ``remote=True``: ``map_fn`` runs shards on other processes (Dask workers), which load the model
+    and patch themselves; ``shard_size`` (default: the generation batch) sets how finely it splits.
+    """
     from editflow.edits import Patch
     from editflow.evaluation.detectors import FamilyRouter, NudityDetector, WorldDetector, ZeroShotDetector
     from editflow.evaluation.evaluate import evaluate
@@ -135,8 +139,14 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
         detector = WorldDetector(judge, DEFAULT_WORLD)
     store = ImageCache(job.cache_dir) if job.cache_dir else None
     b = progress_factory(len(pset) * (2 if p is not None else 1), "eval: generate") if progress_factory else None
-    result = evaluate(pipe, pset, detector, judge, p, GenerationConfig(steps=job.steps, guidance=job.guidance),
-                      store, map_fn=map_fn, progress=b.update if b else None)
+    gen = GenerationConfig(steps=job.steps, guidance=job.guidance, batch=shard_size or GenerationConfig.batch)
+    runners = None
+    if remote:
+        from editflow.evaluation.generation import ModelShardRunner
+
+        runners = (ModelShardRunner(model, None, gen), ModelShardRunner(model, patch, gen))
+    result = evaluate(pipe, pset, detector, judge, p, gen, store, map_fn=map_fn, progress=b.update if b else None,
+                      runners=runners)
     if b is not None:
         b.close()
     report = gate_spec.judge(result.metrics, family, result.absent)
