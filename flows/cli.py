@@ -42,10 +42,12 @@ def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None,
 
     Exit 3 when the new patch fails a gate (its run is logged, no version is made).
     """
+    from flows.erase import local_defaults
     from flows.policy import Policy, policy_flow
 
     Policy.load(policy)  # validate before starting Prefect
-    result = policy_flow(str(policy), tracking_uri, dask_address=dask_address)
+    with local_defaults():
+        result = policy_flow(str(policy), tracking_uri, dask_address=dask_address)
     typer.echo(json.dumps(result, indent=2, default=str))
     if result["result"] is not None and not result["result"]["passed"]:
         raise typer.Exit(3)

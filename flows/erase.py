@@ -13,7 +13,10 @@ runs show in the Prefect UI. ``editflow erase ... --register NAME`` runs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -88,11 +91,13 @@ def _sha256(path: str) -> str:
 def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images: int = 24,
                tracking_uri: str | None = None, eval_cache_dir: str | None = None, fan_out: bool = False) -> dict:
     """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes."""
+    clock = {"start": time.perf_counter()}
     erased_state = _run(erase_task, job, out)
     erased = erased_state.result()
     if not Path(erased["patch"]).is_file():  # a cached result whose file is gone: recompute
         erased_state = _run(erase_task.with_options(refresh_cache=True), job, out)
         erased = erased_state.result()
+    clock["erase"] = time.perf_counter()
     eval_job = EvalJob(patch=erased["patch"], model=job.get("model"), gates=gates, images=images,
                        cache_dir=eval_cache_dir or job.get("cache_dir"),
                        out=str(Path(out).with_name(Path(out).stem + "-eval")))
@@ -102,6 +107,7 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
         evaluated_state = _run(evaluate_task.with_options(refresh_cache=True), asdict(eval_job),
                                _sha256(erased["patch"]), fan_out)
         evaluated = evaluated_state.result()
+    clock["evaluate"] = time.perf_counter()
     create_table_artifact(key="gate-checks", table=[{k: c[k] for k in ("metric", "value", "bound", "passed", "reason")}
                                                     for c in evaluated["checks"]],
                           description=f"Gates for {', '.join(erased['concepts'])}")
@@ -112,12 +118,37 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     registration = register_task(erased["patch"], evaluated["report_dir"], name, tracking_uri)
     result["registration"] = registration
     stages["register"] = "Completed"
+    clock["register"] = time.perf_counter()
+    result["seconds"] = {k: round(clock[k] - clock[prev], 2)
+                         for prev, k in (("start", "erase"), ("erase", "evaluate"), ("evaluate", "register"))}
     where = (f"version **{registration['version']}** of `{name}` (alias `candidate`): "
              f"`{registration['model_uri']}`" if registration["version"]
              else f"no version: gates failed; MLflow run `{registration['run_id']}` holds the report")
     create_markdown_artifact(key="registration", markdown=f"# {name}\n\n{where}\n")
     print(json.dumps({"passed": result["passed"], "stages": stages}))
     return result
+
+
+@contextlib.contextmanager
+def local_defaults():
+    """Settings for running flows from the CLI on a fresh machine, unless the user set them:
+    time for the temporary server's first database migration (Prefect's 20 s is too short on
+    2 cores), no analytics (no internet here), and an existing ``PREFECT_HOME`` (Prefect does not
+    create it, and its temporary server then waits out the timeout on "unable to open database")."""
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    updates = {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 120
+    if "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
+        updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
+    with temporary_settings(updates=updates) as settings:
+        Path(settings.home).expanduser().mkdir(parents=True, exist_ok=True)  # its SQLite db goes there
+        yield
 
 
 def on_dask(flow_fn, address: str | None):
@@ -132,4 +163,5 @@ def on_dask(flow_fn, address: str | None):
 def run_from_cli(job: EraseJob, out: str, name: str, gates: str | None = None, images: int = 24,
                  dask_address: str | None = None) -> dict:
     """Entry point ``editflow.flows:erase`` (``editflow erase --register NAME [--dask-address ...]``)."""
-    return on_dask(erase_flow, dask_address)(asdict(job), out, name, gates, images, fan_out=bool(dask_address))
+    with local_defaults():
+        return on_dask(erase_flow, dask_address)(asdict(job), out, name, gates, images, fan_out=bool(dask_address))

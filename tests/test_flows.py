@@ -147,3 +147,21 @@ def test_policy_deployment_and_serve_cli(tmp_path, monkeypatch):
     no_schedule = _policy(tmp_path, schedule=None)
     with pytest.raises(Exception, match="no 'schedule'"):
         deployment(str(no_schedule))
+
+
+def test_prefect_yaml_deployments_point_at_real_flows():
+    from pathlib import Path
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "prefect.yaml").read_text())
+    for dep in spec["deployments"]:
+        path, _, name = dep["entrypoint"].partition(":")
+        flow = load_flow_from_entrypoint(f"{root / path}:{name}")
+        assert flow.name == "editflow-policy"
+        policy = root / dep["parameters"]["policy_path"]
+        from flows.policy import Policy
+
+        assert Policy.load(policy).schedule == dep["schedules"][0]["cron"]

@@ -80,3 +80,30 @@ def test_eight_concurrent_registrations_through_a_server(server, evaluated):
         assert [a.path for a in client.list_artifacts(v.run_id, "patch")] == ["patch/star.safetensors"]
     # the candidate alias points at one of them
     assert int(client.get_model_version_by_alias("erase-star", "candidate").version) in range(1, 9)
+
+
+@pytest.mark.slow
+def test_model_version_page_shows_version_alias_and_gates(server, evaluated, tmp_path):
+    """A reviewer's view: headless Chromium renders the MLflow model-version page."""
+    import shutil
+
+    from registry.register import promote
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+    patch, report = evaluated
+    store = Store.resolve(server)
+    reg = register_patch(patch, report, "ui-star", store)
+    promote("ui-star", reg.version, store=store)
+    url = f"{server}/#/models/ui-star/versions/{reg.version}"
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--window-size=1400,2000"]
+    dom = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    shot = tmp_path / "model-version.png"
+    subprocess.run([*args, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert f"Version {reg.version}" in dom
+    assert "champion" in dom and "candidate" in dom
+    assert "erasure_rate" in dom and "specificity_neighbours" in dom  # the gate table of the model card
+    assert "editflow.gate_status" in dom

@@ -42,7 +42,7 @@ from editflow.evaluation.prompts import EvalPrompt, PromptSet
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig
 
-ABSENT = {"memorization_score": "needs concept inversion (issue 5); not measured"}
+ABSENT = {"memorization_score": "needs concept inversion, which editflow does not have yet"}
 
 
 @dataclass

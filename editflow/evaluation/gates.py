@@ -29,7 +29,13 @@ METRICS = (
     "clip_score_preserved", "fid_preserved", "image_similarity_preserved", "memorization_score",
     "harmonic_score", "attack_success",
 )
-DEFAULT_GATES = Path(__file__).resolve().parents[2] / "configs" / "gates" / "default.yaml"
+DEFAULT_GATES = Path("configs") / "gates" / "default.yaml"
+
+
+def default_gates_file() -> Path:
+    """``configs/gates/default.yaml`` in the working directory (a deployment's own), else the checkout's."""
+    here = Path.cwd() / DEFAULT_GATES
+    return here if here.is_file() else Path(__file__).resolve().parents[2] / DEFAULT_GATES
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class Gates:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Gates:
-        path = Path(path) if path is not None else DEFAULT_GATES
+        path = Path(path) if path is not None else default_gates_file()
         if not path.is_file():
             raise EditflowError(f"gates file not found: {path}")
         try:

@@ -1,0 +1,101 @@
+"""End-to-end `editflow erase --register` on the embedded model, flow overhead separated from compute,
+and registry write latency (local SQLite store and a `mlflow server` on loopback).
+
+    python bench/end_to_end.py [--concept star] [--registrations 5]
+
+Each part starts from empty Prefect/MLflow homes in a temporary folder. "Flow overhead" is the
+command's wall time minus the time its three stages (erase, evaluate, register) took inside the
+flow: process start and imports, Prefect's temporary server, task orchestration and teardown.
+Prints markdown tables; results go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "EDITFLOW_HOME": str(home / "editflow"), "PREFECT_HOME": str(home / "prefect"),
+            "EDITFLOW_CACHE": str(home / "cache"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true", "EDITFLOW_QUIET": "1"}
+
+
+def end_to_end(concept: str, home: Path) -> dict:
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "editflow", "erase", "--concept", concept, "--register",
+                          f"bench-{concept}", "--out", str(home / f"{concept}.safetensors")],
+                         capture_output=True, text=True, env=_env(home))
+    wall = time.perf_counter() - t
+    if out.returncode not in (0, 3):
+        raise RuntimeError(out.stderr[-2000:])
+    result = json.loads(out.stdout[out.stdout.index("{\n"):])
+    return {"wall": wall, **result["seconds"], "passed": result["passed"]}
+
+
+def registry_latency(tracking_uri: str, n: int, patch: Path, report: Path) -> list[float]:
+    from registry.register import register_patch
+    from registry.store import Store
+
+    store = Store.resolve(tracking_uri)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        register_patch(patch, report, "bench-latency", store)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concept", default="star")
+    ap.add_argument("--registrations", type=int, default=5)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="editflow-e2e-"))
+    first = end_to_end(args.concept, home / "a")
+    print("| run | wall s | erase s | evaluate s | register s | flow overhead s | gates |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for label, r in (("first (empty caches)", first),):
+        stages = r["erase"] + r["evaluate"] + r["register"]
+        print(f"| {label} | {r['wall']:.1f} | {r['erase']:.1f} | {r['evaluate']:.1f} | {r['register']:.1f} | "
+              f"{r['wall'] - stages:.1f} | {'pass' if r['passed'] else 'fail'} |", flush=True)
+    patch, report = home / "a" / f"{args.concept}.safetensors", home / "a" / f"{args.concept}-eval"
+    os.environ.update(_env(home / "b"))
+    local = registry_latency(f"sqlite:///{home / 'b' / 'mlflow.db'}", args.registrations, patch, report)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (home / "c").mkdir(exist_ok=True)
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{home / 'c' / 'mlflow.db'}",
+                               "--artifacts-destination", str(home / "c" / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=home)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not start")
+        remote = registry_latency(f"http://127.0.0.1:{port}", args.registrations, patch, report)
+    finally:
+        server.terminate()
+    print("\n| store | first registration s | median of the rest s |")
+    print("|---|---:|---:|")
+    for label, ts in (("SQLite file (local)", local), ("mlflow server on loopback", remote)):
+        print(f"| {label} | {ts[0]:.2f} | {statistics.median(ts[1:]):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
