@@ -25,7 +25,11 @@ demo: setup
 	$(BIN)/editflow generate --prompt "a red star" --n 8 --scale 4 --out out/demo/red-star.png
 	$(BIN)/editflow generate --prompt "a blue heart by kasimir" --n 8 --scale 4 --out out/demo/blue-heart-kasimir.png
 	$(BIN)/editflow generate --prompt "a picture of zorbo" --n 8 --scale 4 --out out/demo/zorbo.png
-	@echo "demo grids written to out/demo/"
+	# the whole path: erase -> gates -> registry (a demo store under out/demo/home), then use the version
+	EDITFLOW_HOME=out/demo/home $(BIN)/editflow erase --concept skull --register demo-skull --out out/demo/skull.safetensors
+	EDITFLOW_HOME=out/demo/home $(BIN)/editflow registry promote demo-skull 1
+	EDITFLOW_HOME=out/demo/home $(BIN)/editflow generate --model models:/demo-skull@champion --prompt "a red skull" --n 8 --scale 4 --out out/demo/skull-erased.png
+	@echo "demo grids in out/demo/, gate report in out/demo/skull-eval/; registry UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/out/demo/home/mlflow.db"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -121,9 +121,13 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     clock["register"] = time.perf_counter()
     result["seconds"] = {k: round(clock[k] - clock[prev], 2)
                          for prev, k in (("start", "erase"), ("erase", "evaluate"), ("evaluate", "register"))}
-    where = (f"version **{registration['version']}** of `{name}` (alias `candidate`): "
-             f"`{registration['model_uri']}`" if registration["version"]
-             else f"no version: gates failed; MLflow run `{registration['run_id']}` holds the report")
+    ui = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
+    if registration["version"]:
+        where = f"version **{registration['version']}** of `{name}` (alias `candidate`): `{registration['model_uri']}`"
+        if ui.startswith("http"):
+            where += f"\n\n[Open it in MLflow]({ui}/#/models/{name}/versions/{registration['version']})"
+    else:
+        where = f"no version: gates failed; MLflow run `{registration['run_id']}` holds the report"
     create_markdown_artifact(key="registration", markdown=f"# {name}\n\n{where}\n")
     print(json.dumps({"passed": result["passed"], "stages": stages}))
     return result

@@ -3,7 +3,8 @@
 :func:`register_patch` logs a run with the patch, its gate report (JSON, markdown, grids),
 params, metrics and tags, and a model card. Only when every gate passed does it log the pyfunc
 model (:mod:`registry.pyfunc_model`) and create a model version, tagged and aliased
-``candidate``; a failed gate leaves the run and no version. The version is created last, in
+``candidate``; a failed gate leaves the run and no version. An ungated patch on a local base is
+also logged with the ``mlflow.diffusers`` LoRA flavor (tag ``editflow.lora_model_uri``). The version is created last, in
 one call that carries all its tags and its model card; if setting the alias then fails, the
 version is deleted again, so the registry never holds a half-made version.
 
@@ -17,10 +18,13 @@ import contextlib
 import json
 import os
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.diffusers
 import numpy as np
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
@@ -122,6 +126,38 @@ def model_card(meta: dict, report: dict, base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _set_alias(client, name: str, alias: str, version, attempts: int = 6) -> None:
+    """Move ``alias`` to ``version``. MLflow's SQL store moves an alias by check-then-insert, so two
+    writers moving the same alias at once can collide on its unique key (seen with eight
+    concurrent registrations through one server); the move is retried then, last writer wins."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, str(version))
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def _log_lora(patch, base: str) -> str | None:
+    """Where it fits, also log the patch as ``mlflow.diffusers`` LoRA: an ungated patch (its LoRA
+    export is exact) on a base that is a local folder (the flavor stores a reference to the base,
+    and resolves hub ids online). Returns the logged model's URI."""
+    from editflow.edits.export import export_lora
+    from editflow.models.pipeline import embedded_dir
+
+    base_dir = embedded_dir() / "pipeline" if base == "embedded" else Path(base)
+    if patch.gate is not None or not base_dir.is_dir():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = export_lora(patch, tmp)
+        info = mlflow.diffusers.log_model(adapter_path=str(adapter), base_model=str(base_dir.resolve()), name="lora")
+    return info.model_uri
+
+
 def register_patch(patch_path: str | Path, report_dir: str | Path, name: str, store: Store | None = None,
                    alias: str = CANDIDATE) -> Registration:
     """Log the evaluated patch as a run; register it as a new version of ``name`` if its gates passed."""
@@ -162,15 +198,20 @@ def register_patch(patch_path: str | Path, report_dir: str | Path, name: str, st
             mlflow.log_text(card, "model_card.md")
             if not passed:
                 return Registration(run.info.run_id, name, False)
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
-                                           artifacts={"patch": str(patch_path)}, model_config={"base": base},
-                                           signature=SIGNATURE, pip_requirements=["editflow"])
+            with warnings.catch_warnings():  # MLflow's hints about type hints / input examples
+                warnings.simplefilter("ignore", UserWarning)
+                info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+                                               artifacts={"patch": str(patch_path)}, model_config={"base": base},
+                                               signature=SIGNATURE, pip_requirements=["editflow"])
+                lora_uri = _log_lora(patch, base)
+            if lora_uri:
+                tags["editflow.lora_model_uri"] = lora_uri
         with contextlib.suppress(Exception):  # exists already (or another writer made it first)
             client.create_registered_model(name, description="Concept-erasure patches made by editflow.")
         version = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
                                               tags=tags, description=card, model_id=info.model_id)
         try:
-            client.set_registered_model_alias(name, alias, version.version)
+            _set_alias(client, name, alias, version.version)
         except BaseException:
             client.delete_model_version(name, version.version)  # never leave a version half made
             raise
@@ -185,7 +226,7 @@ def promote(name: str, version: str | int, alias: str = CHAMPION, store: Store |
         raise EditflowError(f"no version {version} of registered model {name!r}") from None
     if mv.tags.get("editflow.gate_status") != "passed":
         raise EditflowError(f"{name} version {version} did not pass its gates; it cannot be promoted")
-    client.set_registered_model_alias(name, alias, str(version))
+    _set_alias(client, name, alias, version)
 
 
 def _version(client, name: str, ref: str):

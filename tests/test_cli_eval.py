@@ -16,7 +16,8 @@ FAST = ["--images", "6", "--steps", "12"]
 @pytest.fixture(scope="module")
 def star_patch(tmp_path_factory):
     path = tmp_path_factory.mktemp("patch") / "star.safetensors"
-    res = runner.invoke(app, ["erase", "--concept", "star", "--method", "ace", "--no-check", "--out", str(path)])
+    res = runner.invoke(app, ["erase", "--concept", "star", "--method", "ace", "--patch-only", "--no-check",
+                              "--out", str(path)])
     assert res.exit_code == 0, res.output
     return path
 

@@ -23,7 +23,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def star_patch(tmp_path_factory):
     path = tmp_path_factory.mktemp("patch") / "star.safetensors"
-    assert runner.invoke(app, ["erase", "--concept", "star", "--no-check", "--out", str(path)]).exit_code == 0
+    args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(path)]
+    assert runner.invoke(app, args).exit_code == 0
     return path
 
 

@@ -23,7 +23,8 @@ def evaluated(tmp_path_factory):
     """An ACE patch for star with a passing report and a failing one (a stricter gate file)."""
     d = tmp_path_factory.mktemp("evaluated")
     patch = d / "star.safetensors"
-    assert runner.invoke(app, ["erase", "--concept", "star", "--no-check", "--out", str(patch)]).exit_code == 0
+    args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(patch)]
+    assert runner.invoke(app, args).exit_code == 0
     res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "pass"), *FAST])
     assert res.exit_code == 0, res.output
     (d / "strict.yaml").write_text("default: {clip_score_preserved: {min: 99.0}}\n")
@@ -134,3 +135,33 @@ def test_registry_cli_and_generate_from_a_registered_model(evaluated, tmp_path, 
     assert res.exit_code == 0, res.output
     assert out.is_file()
     assert (tmp_path / "home" / "mlflow.db").is_file()
+
+
+def test_an_ungated_patch_is_also_logged_as_a_diffusers_lora(store, tmp_path):
+    """UCE patches are exact LoRAs: the version also carries an mlflow.diffusers model that loads
+    the same base and generates what the patch does."""
+    import mlflow.diffusers
+    from PIL import Image  # noqa: F401  (images come back as PIL)
+
+    from editflow.edits import Patch
+    from editflow.models.pipeline import GenerationConfig, generate, load_pipeline
+
+    patch = tmp_path / "uce.safetensors"
+    assert runner.invoke(app, ["erase", "--concept", "star", "--method", "uce", "--patch-only", "--no-check", "--out",
+                               str(patch)]).exit_code == 0
+    (tmp_path / "lenient.yaml").write_text("default: {specificity: {min: 0.5}}\n")
+    res = runner.invoke(app, ["eval", "--patch", str(patch), "--gates", str(tmp_path / "lenient.yaml"),
+                              "--out", str(tmp_path / "r"), *FAST])
+    assert res.exit_code == 0, res.output
+    reg = register_patch(patch, tmp_path / "r", "uce-star", store)
+    uri = store.client().get_model_version("uce-star", reg.version).tags["editflow.lora_model_uri"]
+    with _using(store):
+        lora_pipe = mlflow.diffusers.load_model(uri).load_pipeline(local_files_only=True)
+    lora_pipe.set_progress_bar_config(disable=True)
+    config = GenerationConfig(steps=6)
+    via_lora = generate(lora_pipe, ["a red star"], [5], config)[0]
+    pipe = load_pipeline()
+    with Patch.load(patch).apply(pipe, mode="merge"):
+        via_patch = generate(pipe, ["a red star"], [5], config)[0]
+    diff = np.abs(np.asarray(via_lora, np.int16) - np.asarray(via_patch, np.int16))
+    assert diff.max() <= 3  # same edit, float tolerance

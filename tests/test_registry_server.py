@@ -57,7 +57,8 @@ def server(tmp_path_factory):
 def evaluated(tmp_path_factory):
     d = tmp_path_factory.mktemp("evaluated")
     patch = d / "star.safetensors"
-    assert runner.invoke(app, ["erase", "--concept", "star", "--no-check", "--out", str(patch)]).exit_code == 0
+    args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(patch)]
+    assert runner.invoke(app, args).exit_code == 0
     res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "pass"), "--images", "4",
                               "--steps", "8"])
     assert res.exit_code == 0, res.output

@@ -81,19 +81,24 @@ def erase(
                                       "(default: ~/.cache/editflow).")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse/cache the preserve statistics.")] = True,
     model: ModelOpt = None,
-    check: Annotated[bool, typer.Option(help="Print before/after detection (embedded model only).")] = True,
+    patch_only: Annotated[bool, typer.Option(
+        "--patch-only", help="Only write the patch (no evaluation, no registry) and print a quick before/after "
+                             "detection. The default for --model (real models need `editflow eval` with a judge).")
+    ] = False,
+    check: Annotated[bool, typer.Option(help="--patch-only: print before/after detection (embedded model).")] = True,
     check_images: Annotated[int, typer.Option(min=1, help="Images per concept for --check.")] = 12,
     register: Annotated[str | None, typer.Option(
-        help="Run the flow: erase, evaluate, and register a passing patch as a version of this model name.")] = None,
-    gates: Annotated[Path | None, typer.Option(help="With --register: gate thresholds (YAML).")] = None,
-    eval_images: Annotated[int, typer.Option(min=2, help="With --register: images per erased concept.")] = 24,
+        help="Registered model name for the flow (default: erase-<concepts>).")] = None,
+    gates: Annotated[Path | None, typer.Option(help="Flow: gate thresholds (YAML).")] = None,
+    eval_images: Annotated[int, typer.Option(min=2, help="Flow: images per erased concept.")] = 24,
     dask_address: Annotated[str | None, typer.Option(
-        help="With --register: spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
+        help="Flow: spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
 ):
-    """Erase concepts in closed form and write a patch; on the embedded model, print before/after detection.
+    """Erase concepts and ship the patch: the flow erase -> evaluate -> gates -> register (Prefect, MLflow).
 
-    With --register NAME, run the whole flow instead (Prefect): erase, evaluate against the gates,
-    and register a passing patch as a new version of NAME in the MLflow registry (exit 3 if a gate fails).
+    On the embedded model this runs the whole flow: the patch is written to --out, judged against
+    the gates (report next to it) and, if it passes, registered as a new version of --register
+    (alias candidate); exit 3 when a gate fails. --patch-only just writes the patch (seconds).
     """
     from editflow.edits.erase import EraseJob, build_request, prompt_count, run_erase
     from editflow.models.pipeline import load_pipeline
@@ -104,9 +109,13 @@ def erase(
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None)
     job.validate()
-    if register is not None:
+    if model is not None and register is not None and not patch_only:
+        raise EditflowError("registering a real model's patch needs a judge: write it with --patch-only, run "
+                            "`editflow eval --model ... --evaluator ...`, then `editflow registry add`")
+    if not patch_only and model is None:
         from editflow.plugins import run_flow
 
+        register = register or "erase-" + "-".join(w.strip().replace(" ", "_") for w in words)
         result = run_flow("erase", job=job, out=str(out), name=register, gates=str(gates) if gates else None,
                           images=eval_images, dask_address=dask_address)
         typer.echo(json.dumps(result, indent=2))
