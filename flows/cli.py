@@ -11,13 +11,11 @@ import typer
 
 from editflow.cli.common import cli_errors
 from editflow.errors import EditflowError
+from registry.cli import UriOpt
 
 app = typer.Typer(help="Safety policies: erase what a policy names, on demand or on a schedule.",
                   no_args_is_help=True)
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (configs/policies/*.yaml).")]
-UriOpt = Annotated[str | None, typer.Option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
-    help="MLflow tracking URI (default: SQLite store under $EDITFLOW_HOME, ~/.editflow).")]
 
 
 def register(root: typer.Typer) -> None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger
 
+from editflow.configfile import read_yaml
 from editflow.edits.erase import EraseJob
 from editflow.errors import EditflowError
 
@@ -48,14 +48,7 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        path = Path(path)
-        if not path.is_file():
-            raise EditflowError(f"policy file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise EditflowError(f"policy {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_yaml(path, "policy"), str(path))
 
     @classmethod
     def from_dict(cls, data, source: str = "<inline>") -> Policy:

@@ -39,3 +39,25 @@ def judge():
     from editflow.models.pipeline import embedded_dir
 
     return Evaluator.from_dir(embedded_dir() / "evaluator")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """An ACE patch for star on the embedded model with a passing gate report and a failing one
+    (a stricter gate file): (patch, passing report folder, failing report folder)."""
+    from typer.testing import CliRunner
+
+    from editflow.cli import app
+
+    runner, fast = CliRunner(), ["--images", "4", "--steps", "8"]
+    d = tmp_path_factory.mktemp("evaluated")
+    patch = d / "star.safetensors"
+    args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(patch)]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "pass"), *fast])
+    assert res.exit_code == 0, res.output
+    (d / "strict.yaml").write_text("default: {clip_score_preserved: {min: 99.0}}\n")
+    res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "fail"), "--gates",
+                              str(d / "strict.yaml"), *fast])
+    assert res.exit_code == 3, res.output
+    return patch, d / "pass", d / "fail"

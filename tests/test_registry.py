@@ -18,21 +18,6 @@ runner = CliRunner()
 FAST = ["--images", "4", "--steps", "8"]
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """An ACE patch for star with a passing report and a failing one (a stricter gate file)."""
-    d = tmp_path_factory.mktemp("evaluated")
-    patch = d / "star.safetensors"
-    args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(patch)]
-    assert runner.invoke(app, args).exit_code == 0
-    res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "pass"), *FAST])
-    assert res.exit_code == 0, res.output
-    (d / "strict.yaml").write_text("default: {clip_score_preserved: {min: 99.0}}\n")
-    res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "fail"), "--gates",
-                              str(d / "strict.yaml"), *FAST])
-    assert res.exit_code == 3, res.output
-    return patch, d / "pass", d / "fail"
-
 
 @pytest.fixture
 def store(tmp_path):

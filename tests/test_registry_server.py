@@ -10,13 +10,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from typer.testing import CliRunner
 
-from editflow.cli import app
 from registry.register import register_patch
 from registry.store import Store
-
-runner = CliRunner()
 
 
 def _free_port() -> int:
@@ -53,20 +49,9 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    d = tmp_path_factory.mktemp("evaluated")
-    patch = d / "star.safetensors"
-    args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(patch)]
-    assert runner.invoke(app, args).exit_code == 0
-    res = runner.invoke(app, ["eval", "--patch", str(patch), "--out", str(d / "pass"), "--images", "4",
-                              "--steps", "8"])
-    assert res.exit_code == 0, res.output
-    return patch, d / "pass"
-
 
 def test_eight_concurrent_registrations_through_a_server(server, evaluated):
-    patch, report = evaluated
+    patch, report, _ = evaluated
     store = Store.resolve(server)
     assert store.artifact_root is None  # the server decides where artifacts go
     with ThreadPoolExecutor(8) as pool:
@@ -92,7 +77,7 @@ def test_model_version_page_shows_version_alias_and_gates(server, evaluated, tmp
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-    patch, report = evaluated
+    patch, report, _ = evaluated
     store = Store.resolve(server)
     reg = register_patch(patch, report, "ui-star", store)
     promote("ui-star", reg.version, store=store)

@@ -19,8 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
+from editflow.configfile import read_yaml
 from editflow.errors import EditflowError
 
 METRICS = (
@@ -128,13 +127,7 @@ class Gates:
     @classmethod
     def load(cls, path: str | Path | None = None) -> Gates:
         path = Path(path) if path is not None else default_gates_file()
-        if not path.is_file():
-            raise EditflowError(f"gates file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise EditflowError(f"gates: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_yaml(path, "gates"), str(path))
 
     def bounds(self, family: str) -> list[Bound]:
         merged = {**self.default, **self.families.get(family, {})}
