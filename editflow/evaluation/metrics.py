@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -58,7 +57,3 @@ def harmonic_score(erasure_rate: float | None, specificity: float | None, leakag
     if any(p <= 0 for p in parts):
         return 0.0
     return len(parts) / sum(1 / p for p in parts)
-
-
-def finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from editflow.errors import EditflowError
@@ -44,9 +44,6 @@ class PromptSet:
 
     def role(self, role: str) -> list[EvalPrompt]:
         return [p for p in self.prompts if p.role == role]
-
-    def to_list(self) -> list[dict]:
-        return [asdict(p) for p in self.prompts]
 
     def __len__(self) -> int:
         return len(self.prompts)
