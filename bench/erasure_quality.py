@@ -11,16 +11,14 @@ generated with the default sampler; every method sees the same prompts and seeds
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from editflow.edits import get_method
+from editflow.edits.erase import EraseJob, run_erase
 from editflow.evaluation.detection import detection_rates, detection_set
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import embedded_dir, load_pipeline
 from editflow.world import DEFAULT_WORLD
-from editflow.world.erasure import world_request
 
 
 def main() -> None:
@@ -43,11 +41,8 @@ def main() -> None:
         dset = detection_set(world, names, args.images, seed=7)
         before = detection_rates(pipe, judge, world, dset)
         for name in args.methods:
-            method = get_method(name)
-            request = world_request(world, [word])
-            t = time.perf_counter()
-            patch = method.compute(pipe, request, method.config_class())
-            seconds = time.perf_counter() - t
+            patch, _ = run_erase(EraseJob([word], name), pipe)  # what `editflow erase` computes
+            seconds = patch.metadata["seconds"]
             with patch.apply(pipe):
                 after = detection_rates(pipe, judge, world, dset)
             kept = min(after[c] / before[c] for c in names if c != word and before[c] > 0)

@@ -3,7 +3,9 @@ images/s, and the metrics ACE and UCE reach, side by side on the same prompts an
 
     python bench/evaluation.py [--concepts star kasimir zorbo] [--methods ace uce] [--images 24]
 
-For each concept, the first evaluation generates the original model's images and caches them;
+Each patch is computed and judged exactly as `editflow erase --patch-only` and `editflow eval`
+do (``run_erase``, ``run_eval``). For each concept, the first evaluation generates the original
+model's images and caches them;
 every later one (the other method) reads them back: the ratio of the two times is what the
 cache saves. Prints markdown tables; results go to docs/benchmarks.md ("Evaluation").
 """
@@ -13,19 +15,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from editflow.edits import get_method
-from editflow.evaluation.detectors import WorldDetector
-from editflow.evaluation.evaluate import evaluate
-from editflow.evaluation.gates import Gates
-from editflow.evaluation.generation import ImageCache
-from editflow.evaluation.prompts import world_prompt_set
-from editflow.models.evaluator import Evaluator
-from editflow.models.pipeline import embedded_dir, load_pipeline
-from editflow.world import DEFAULT_WORLD
-from editflow.world.erasure import world_request
+from editflow.edits.erase import EraseJob, run_erase
+from editflow.evaluation.run import EvalJob, run_eval
+from editflow.models.pipeline import load_pipeline
 
 
 def main() -> None:
@@ -37,28 +33,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
-    judge = Evaluator.from_dir(embedded_dir() / "evaluator")
-    detector, gates = WorldDetector(judge, DEFAULT_WORLD), Gates.load()
-    cache = ImageCache(tempfile.mkdtemp(prefix="editflow-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="editflow-bench-"))
     timing, quality = [], []
     for concept in args.concepts:
         for method in args.methods:
-            m = get_method(method)
-            req = world_request(DEFAULT_WORLD, [concept])
+            patch, _ = run_erase(EraseJob([concept], method), pipe)  # what `editflow erase` computes
+            erase_s = patch.metadata["seconds"]
+            path = patch.save(work / f"{concept}-{method}.safetensors")
             t = time.perf_counter()
-            patch = m.compute(pipe, req, m.config_class())
-            erase_s = time.perf_counter() - t
-            used = {w for c in req.concepts for w in c.words}
-            n = args.images
-            pset = world_prompt_set(DEFAULT_WORLD, [concept], used, req.templates, per_concept=n,
-                                    per_neighbour=max(2, n // 4), per_distant=max(2, n // 6))
-            t = time.perf_counter()
-            res = evaluate(pipe, pset, detector, judge, patch, cache=cache)
+            outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache")), pipe)
             eval_s = time.perf_counter() - t
-            family = DEFAULT_WORLD.concept(concept).family
-            report = gates.judge(res.metrics, family, res.absent)
+            res, report = outcome.result, outcome.gates
             s = res.seconds
-            timing.append(f"| {concept} | {method} | {len(pset)} | {'cached' if s['original_cached'] else 'generated'} "
+            n_prompts = len(res.prompts)
+            timing.append(f"| {concept} | {method} | {n_prompts} | {'cached' if s['original_cached'] else 'generated'} "
                           f"| {s['images_generated']} | {eval_s:.1f} | {s['images_generated'] / eval_s:.1f} |")
             mm = res.metrics
 

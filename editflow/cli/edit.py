@@ -125,7 +125,7 @@ def erase(
     pipe = load_pipeline(model)
     req = build_request(job)
     b = bar(prompt_count(req), f"{method.value}: encode")
-    patch, req = run_erase(job, pipe, progress=b.update)
+    patch, req = run_erase(job, pipe, progress=b.update, request=req)
     b.close()
     path = patch.save(out)
     summary = {"patch": str(path), "method": method.value, "concepts": [c.name for c in req.concepts],

@@ -61,15 +61,16 @@ def build_request(job: EraseJob) -> EraseRequest:
                          for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
 
 
-def run_erase(job: EraseJob, pipe=None, progress=None):
-    """Compute the patch for ``job`` (loading its model unless ``pipe`` is given)."""
+def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None):
+    """Compute the patch for ``job`` (loading its model unless ``pipe`` is given; building its
+    request unless the caller built it already with :func:`build_request`)."""
     from editflow.edits.streaming import PreserveCache
     from editflow.models.pipeline import load_pipeline
 
     job.validate()
     config = method_config(job.method, job.options)
     pipe = pipe if pipe is not None else load_pipeline(job.model)
-    request = build_request(job)
+    request = request if request is not None else build_request(job)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None
     t0 = time.perf_counter()
     patch = get_method(job.method).compute(pipe, request, config, cache=cache, progress=progress)

@@ -115,10 +115,13 @@ def evaluate(pipe, prompts: PromptSet, detector: Detector, evaluator: Evaluator,
             with patch.apply(pipe):
                 patched = generate_sharded(PipelineShardRunner(pipe, config, progress), shards, map_fn)
     t2 = time.perf_counter()
-    before, after = detector.detect(original, items), detector.detect(patched, items)
-    f_before, f_after = evaluator.image_features(original), evaluator.image_features(patched)
-    clip_before = evaluator.clip_score(original, texts)
-    clip_after = evaluator.clip_score(patched, texts)
+    before, f_before = detector.detect(original, items), evaluator.image_features(original)
+    clip_before = evaluator.clip_score(original, texts, f_before)
+    if patch is None:  # nothing changed: judge the images once
+        after, f_after, clip_after = before, f_before, clip_before
+    else:
+        after, f_after = detector.detect(patched, items), evaluator.image_features(patched)
+        clip_after = evaluator.clip_score(patched, texts, f_after)
     t3 = time.perf_counter()
 
     idx = {role: [i for i, p in enumerate(items) if p.role == role] for role in ("target", "leakage", "neighbour",

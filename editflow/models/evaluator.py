@@ -111,9 +111,11 @@ class Evaluator:
         return torch.stack([self._text_cache[t] for t in texts])
 
     # -- metrics ----------------------------------------------------------------------------
-    def clip_score(self, images, prompts: list[str]) -> torch.Tensor:
-        """Per-image CLIPScore ``100 * max(cos, 0)`` against its own prompt."""
-        cos = (self.image_features(images) * self.text_features(prompts)).sum(-1)
+    def clip_score(self, images, prompts: list[str], features: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image CLIPScore ``100 * max(cos, 0)`` against its own prompt (``features``: the
+        images' :meth:`image_features`, when the caller has them already)."""
+        feats = self.image_features(images) if features is None else features
+        cos = (feats * self.text_features(prompts)).sum(-1)
         return 100 * cos.clamp(min=0)
 
     def classify(self, images, class_prompts: list[str]) -> torch.Tensor:
