@@ -89,8 +89,12 @@ def _sha256(path: str) -> str:
 
 @flow(name="editflow-erase", log_prints=True)
 def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images: int = 24,
-               tracking_uri: str | None = None, eval_cache_dir: str | None = None, fan_out: bool = False) -> dict:
-    """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes."""
+               tracking_uri: str | None = None, eval_cache_dir: str | None = None, fan_out: bool = False,
+               eval_options: dict | None = None) -> dict:
+    """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes.
+
+    ``eval_options`` are further :class:`~editflow.evaluation.run.EvalJob` fields (``attack_steps``, ...).
+    """
     clock = {"start": time.perf_counter()}
     erased_state = _run(erase_task, job, out)
     erased = erased_state.result()
@@ -100,7 +104,7 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     clock["erase"] = time.perf_counter()
     eval_job = EvalJob(patch=erased["patch"], model=job.get("model"), gates=gates, images=images,
                        cache_dir=eval_cache_dir or job.get("cache_dir"),
-                       out=str(Path(out).with_name(Path(out).stem + "-eval")))
+                       out=str(Path(out).with_name(Path(out).stem + "-eval")), **(eval_options or {}))
     evaluated_state = _run(evaluate_task, asdict(eval_job), _sha256(erased["patch"]), fan_out)
     evaluated = evaluated_state.result()
     if not (Path(evaluated["report_dir"]) / "report.json").is_file():
@@ -165,7 +169,8 @@ def on_dask(flow_fn, address: str | None):
 
 
 def run_from_cli(job: EraseJob, out: str, name: str, gates: str | None = None, images: int = 24,
-                 dask_address: str | None = None) -> dict:
+                 dask_address: str | None = None, eval_options: dict | None = None) -> dict:
     """Entry point ``editflow.flows:erase`` (``editflow erase --register NAME [--dask-address ...]``)."""
     with local_defaults():
-        return on_dask(erase_flow, dask_address)(asdict(job), out, name, gates, images, fan_out=bool(dask_address))
+        return on_dask(erase_flow, dask_address)(asdict(job), out, name, gates, images, fan_out=bool(dask_address),
+                                                 eval_options=eval_options)

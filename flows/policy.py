@@ -30,7 +30,7 @@ from editflow.configfile import read_yaml
 from editflow.edits.erase import EraseJob
 from editflow.errors import EditflowError
 
-KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "schedule", "description", "out_dir"}
+KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "schedule", "description", "out_dir", "finetune"}
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Policy:
     schedule: str | None = None
     out_dir: str | None = None
     source: str = "<inline>"
+    finetune: dict = field(default_factory=dict)  # FinetuneConfig fields, e.g. {mode: adv, rounds: 6}
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -93,13 +94,23 @@ class Policy:
             out_dir = str(here / out_dir) if out_dir else None
             if gates and not Path(gates).is_file():
                 raise EditflowError(f"policy {source}: gates file not found: {gates}")
+        finetune = data.get("finetune") or {}
+        if isinstance(finetune, str):
+            finetune = {"mode": finetune}
+        try:
+            from editflow.finetune import FinetuneConfig
+
+            FinetuneConfig(**finetune)
+        except (TypeError, ValueError) as exc:
+            raise EditflowError(f"policy {source}: bad 'finetune' ({exc})") from None
         return cls(data["name"], concepts, synonyms, base, method, gates,
-                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source)
+                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source, finetune)
 
     def job(self, concepts: list[str], cache_dir: str | None = None) -> EraseJob:
         return EraseJob(list(concepts), self.method, None if self.base == "embedded" else self.base,
                         cache_dir=cache_dir, concept_aliases={c: self.synonyms[c] for c in concepts
-                                                              if c in self.synonyms})
+                                                              if c in self.synonyms},
+                        finetune=dict(self.finetune))
 
 
 def covered_by_champion(name: str, tracking_uri: str | None = None) -> tuple[str | None, set[str]]:

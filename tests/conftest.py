@@ -49,7 +49,8 @@ def evaluated(tmp_path_factory):
 
     from editflow.cli import app
 
-    runner, fast = CliRunner(), ["--images", "4", "--steps", "8"]
+    runner, fast = CliRunner(), ["--images", "4", "--steps", "8", "--attack-steps", "10",
+                                     "--attack-restarts", "2"]
     d = tmp_path_factory.mktemp("evaluated")
     patch = d / "star.safetensors"
     args = ["erase", "--concept", "star", "--patch-only", "--no-check", "--out", str(patch)]

@@ -10,7 +10,7 @@ from editflow.cli import app
 from tests.tiny import tiny_sd_pipeline
 
 runner = CliRunner()
-FAST = ["--images", "6", "--steps", "12"]
+FAST = ["--images", "6", "--steps", "12", "--attack-steps", "10", "--attack-restarts", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,25 @@ def test_eval_passes_an_ace_erasure_and_writes_the_report(star_patch, tmp_path):
     report = json.loads(res.stdout)
     m = report["metrics"]
     assert report["passed"] and m["erasure_rate"] <= 0.05 < m["erasure_rate_original"]
-    assert m["specificity_neighbours"] >= 0.9 and m["memorization_score"] is None
-    assert "memorization_score" in report["absent"]
-    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "grid-target.png", "grid-neighbour.png"}
+    assert m["specificity_neighbours"] >= 0.9
+    # the inversion attack ran against the patch: a rate over the target prompts, and FMN's M-Score
+    n_targets = sum(p["role"] == "target" for p in report["prompts"])
+    assert m["attack_success"] * n_targets == pytest.approx(round(m["attack_success"] * n_targets))
+    assert 0 < m["memorization_score"] < 1.5 and "attack_success" not in report["absent"]
+    assert [a["concept"] for a in report["attacks"]] == ["star"] and len(report["attacks"][0]["tries"]) == 1
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "grid-target.png", "grid-neighbour.png",
+                                               "grid-attack.png"}
     md = (out / "report.md").read_text()
-    assert "PASSED" in md and "| erasure_rate |" in md and "grid-target.png" in md
+    assert "PASSED" in md and "| erasure_rate |" in md and "grid-target.png" in md and "inversion attack" in md
+
+
+def test_eval_without_the_attack_says_why_its_metrics_are_absent(star_patch, tmp_path):
+    res = runner.invoke(app, ["eval", "--patch", str(star_patch), "--out", str(tmp_path / "r"), "--json",
+                              "--no-attack", *FAST])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["metrics"]["attack_success"] is None and report["metrics"]["memorization_score"] is None
+    assert "--no-attack" in report["absent"]["attack_success"] and report["attacks"] == []
 
 
 def test_eval_of_the_unpatched_model_fails_erasure_but_not_specificity(tmp_path):

@@ -29,7 +29,7 @@ def star_patch(tmp_path_factory):
 
 
 def test_dask_generation_matches_in_process(cluster, star_patch, tmp_path):
-    job = dict(patch=str(star_patch), images=4, steps=8)
+    job = dict(patch=str(star_patch), images=4, steps=8, attack=False)
     local = run_eval(EvalJob(**job, out=str(tmp_path / "local")))
     with Client(cluster) as client:
         used = set()

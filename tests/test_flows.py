@@ -14,6 +14,7 @@ from editflow.edits.erase import EraseJob
 from registry.store import Store
 
 runner = CliRunner()
+CHEAP_ATTACK = {"attack_steps": 10, "attack_restarts": 1}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,11 +42,13 @@ def test_flow_erases_evaluates_registers_and_resumes_after_a_crash(tmp_path, sto
     monkeypatch.setattr(erase_flows, "register_task", erase_flows.register_task.with_options(retries=0))
     out = str(tmp_path / "star.safetensors")
     with pytest.raises(ConnectionError):
-        erase_flows.erase_flow(_job(tmp_path), out, "erase-star", images=4, tracking_uri=store.tracking_uri)
+        erase_flows.erase_flow(_job(tmp_path), out, "erase-star", images=4, tracking_uri=store.tracking_uri,
+                               eval_options=CHEAP_ATTACK)
     assert (tmp_path / "star.safetensors").is_file() and (tmp_path / "star-eval" / "report.json").is_file()
     mtime = (tmp_path / "star.safetensors").stat().st_mtime_ns
     monkeypatch.undo()
-    result = erase_flows.erase_flow(_job(tmp_path), out, "erase-star", images=4, tracking_uri=store.tracking_uri)
+    result = erase_flows.erase_flow(_job(tmp_path), out, "erase-star", images=4, tracking_uri=store.tracking_uri,
+                               eval_options=CHEAP_ATTACK)
     assert result["stages"] == {"erase": "Cached", "evaluate": "Cached", "register": "Completed"}
     assert (tmp_path / "star.safetensors").stat().st_mtime_ns == mtime  # not recomputed
     assert result["passed"] and result["registration"]["version"] == "1"
@@ -58,7 +61,8 @@ def test_erase_register_cli_runs_the_flow_and_exits_3_on_a_failed_gate(tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "strict.yaml").write_text("default: {clip_score_preserved: {min: 99.0}}\n")
     res = runner.invoke(app, ["erase", "--concept", "star", "--register", "erase-star", "--gates",
-                              str(tmp_path / "strict.yaml"), "--eval-images", "4", "--out",
+                              str(tmp_path / "strict.yaml"), "--eval-images", "4", "--attack-steps", "10",
+                              "--attack-restarts", "1", "--out",
                               str(tmp_path / "p.safetensors"), "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 3, res.output
     result = json.loads(res.stdout[res.stdout.index("{\n"):])

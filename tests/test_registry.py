@@ -15,7 +15,7 @@ from registry.register import _using, describe, promote, register_patch, resolve
 from registry.store import Store
 
 runner = CliRunner()
-FAST = ["--images", "4", "--steps", "8"]
+FAST = ["--images", "4", "--steps", "8", "--attack-steps", "10", "--attack-restarts", "1"]
 
 
 

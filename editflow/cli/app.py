@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli import edit, evaluate, world
+from editflow.cli import edit, evaluate, invert, world
 from editflow.cli.common import ModelOpt, bar, cli_errors, quiet_libraries
 from editflow.errors import EditflowError
 from editflow.plugins import is_model_uri, resolve_model_uri
@@ -34,6 +34,7 @@ def _setup() -> None:
 
 edit.register(app)
 evaluate.register(app)
+invert.register(app)
 
 
 @app.command()

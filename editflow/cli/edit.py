@@ -16,6 +16,13 @@ from editflow.errors import EditflowError
 class MethodName(str, Enum):
     ace = "ace"
     uce = "uce"
+    esd_x = "esd-x"
+
+
+class Finetune(str, Enum):
+    none = "none"
+    fmn = "fmn"
+    adv = "adv"
 
 
 class Policy(str, Enum):
@@ -93,21 +100,59 @@ def erase(
     eval_images: Annotated[int, typer.Option(min=2, help="Flow: images per erased concept.")] = 24,
     dask_address: Annotated[str | None, typer.Option(
         help="Flow: spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
+    finetune: Annotated[Finetune, typer.Option(
+        case_sensitive=False, help="Gradient stage on the patch's own factors after the closed form: fmn "
+                                   "(Forget-Me-Not losses), adv (adversarial embeddings join the erase set, then "
+                                   "the FMN steps), none.")] = Finetune.none,
+    steps: Annotated[int | None, typer.Option(
+        min=0, help="Gradient steps: of --finetune on the patch's factors (default 50), or of --method esd-x's "
+                    "training (default 200).")] = None,
+    rounds: Annotated[int, typer.Option(min=0, help="--finetune adv: adversarial search rounds.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed of the fine-tuning and inversion.")] = 0,
+    images: Annotated[Path | None, typer.Option(
+        help="Folder with images of the concept: inverted into a token that joins the concept's words. "
+             "Without --concept, the concept is that token alone (name it with --token).")] = None,
+    token: Annotated[str | None, typer.Option(
+        help="Name of the token learned from --images (default <CONCEPT-images>).")] = None,
+    attack_steps: Annotated[int, typer.Option(
+        min=1, help="Flow: gradient steps of the evaluation's concept-inversion attack.")] = 150,
+    attack_restarts: Annotated[int, typer.Option(
+        min=1, help="Flow: attack tries per concept; the best one counts.")] = 3,
 ):
     """Erase concepts and ship the patch: the flow erase -> evaluate -> gates -> register (Prefect, MLflow).
 
     On the embedded model this runs the whole flow: the patch is written to --out, judged against
     the gates (report next to it) and, if it passes, registered as a new version of --register
     (alias candidate); exit 3 when a gate fails. --patch-only just writes the patch (seconds).
+
+    Methods: ace (default; gated closed form), uce (closed form), esd-x (fine-tuning baseline).
+    --finetune fmn|adv adds a short gradient stage on the patch's own factors (the base stays
+    frozen); adv first hardens the patch against concept-inversion attacks. --images DIR learns a
+    token from pictures of the concept (textual inversion) and erases it with the concept's words.
     """
     from editflow.edits.erase import EraseJob, build_request, prompt_count, run_erase
     from editflow.models.pipeline import load_pipeline
 
+    if images is not None and not concept and not concepts_file:
+        if not token:
+            raise EditflowError("--images without --concept needs --token to name the concept (e.g. '<mine>')")
+        if not patch_only:
+            raise EditflowError("a concept given only by images has no detector for the gates: label it with "
+                                "--concept, or write just the patch with --patch-only")
+        if not (token.startswith("<") and token.endswith(">")):
+            raise EditflowError(f"--token {token!r}: write learned tokens in angle brackets, e.g. '<mine>'")
+        concept = [token]
     words = _read_concepts(concept, concepts_file)
     options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
-               "guidance": guidance, "rank_energy": rank_energy}
+               "guidance": guidance, "rank_energy": rank_energy, "seed": seed}
+    if method is MethodName.esd_x and steps is not None:
+        options["esd_steps"] = steps
+    ft_steps = 50 if steps is None or method is MethodName.esd_x else steps
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
-                   options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None)
+                   options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
+                   finetune={"mode": finetune.value, "steps": ft_steps, "rounds": rounds, "seed": seed}
+                   if finetune is not Finetune.none else {},
+                   images=str(images) if images is not None else None, image_token=token)
     job.validate()
     if model is not None and register is not None and not patch_only:
         raise EditflowError("registering a real model's patch needs a judge: write it with --patch-only, run "
@@ -117,7 +162,8 @@ def erase(
 
         register = register or "erase-" + "-".join(w.strip().replace(" ", "_") for w in words)
         result = run_flow("erase", job=job, out=str(out), name=register, gates=str(gates) if gates else None,
-                          images=eval_images, dask_address=dask_address)
+                          images=eval_images, dask_address=dask_address,
+                          eval_options={"attack_steps": attack_steps, "attack_restarts": attack_restarts})
         typer.echo(json.dumps(result, indent=2))
         if not result["passed"]:
             raise typer.Exit(3)
@@ -125,11 +171,26 @@ def erase(
     pipe = load_pipeline(model)
     req = build_request(job)
     b = bar(prompt_count(req), f"{method.value}: encode")
-    patch, req = run_erase(job, pipe, progress=b.update, request=req)
+    if method is MethodName.esd_x:
+        b = bar(job.options.get("esd_steps", 200), "esd-x: train")
+    ft = bar(rounds * (finetune is Finetune.adv) + ft_steps * (finetune is not Finetune.none), "fine-tune")
+
+    def tuned(event: str, info: dict) -> None:
+        ft.update(1)
+        ft.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in info.items()
+                        if k in ("loss", "rank", "search")}, refresh=False)
+
+    patch, req = run_erase(job, pipe, progress=b.update, request=req, finetune_progress=tuned)
     b.close()
+    ft.close()
     path = patch.save(out)
     summary = {"patch": str(path), "method": method.value, "concepts": [c.name for c in req.concepts],
                "rank": patch.edit.rank, "gated": patch.gate is not None, "seconds": patch.metadata["seconds"]}
+    if "finetune" in patch.metadata:
+        summary["finetune"] = {"mode": finetune.value, "losses": patch.metadata["finetune"]["losses"],
+                               "adversarial": len(patch.metadata["finetune"]["adversarial"])}
+    if job.images_only:
+        check = False  # the world's detector has no class for a token
     if check and model is None:
         summary["detection"] = _before_after(pipe, patch, [c.name for c in req.concepts], req.preserve, check_images)
     typer.echo(json.dumps(summary, indent=2))

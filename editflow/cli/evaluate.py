@@ -46,6 +46,13 @@ def evaluate_cmd(
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="EDITFLOW_CACHE", help="Cache of original-model images (default: ~/.cache/editflow).")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse/cache the original model's images.")] = True,
+    attack: Annotated[bool, typer.Option(
+        help="Run the concept-inversion attack (Pham et al. 2023): learn a token for each erased concept against "
+             "the patched model from the original's images; reports attack_success and memorization_score.")
+    ] = True,
+    attack_steps: Annotated[int, typer.Option(min=1, help="Gradient steps of the inversion attack.")] = 150,
+    attack_restarts: Annotated[int, typer.Option(
+        min=1, help="Attack tries per concept (new seed and start each); the best one counts.")] = 3,
 ):
     """Evaluate an erasure: erasure rate, leakage, specificity, CLIP score, drift; judge the gates.
 
@@ -57,7 +64,8 @@ def evaluate_cmd(
                   str(out) if out else None, images, family, str(prompts) if prompts else None,
                   str(leakage_prompts) if leakage_prompts else None,
                   str(preserve_prompts) if preserve_prompts else None, evaluator, steps, guidance,
-                  str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None)
+                  str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None, attack, attack_steps,
+                  attack_restarts)
     outcome = run_eval(job, progress_factory=bar)
     path, report, result = outcome.report_dir, outcome.gates, outcome.result
     if as_json:
@@ -67,6 +75,7 @@ def evaluate_cmd(
             mark = "pass" if c.passed else "FAIL"
             err.print(f"{mark}  {c.metric:28s} {c.reason}", highlight=False)
         typer.echo(json.dumps({"passed": report.passed, "report": str(path / "report.md"),
-                               "harmonic_score": result.metrics.get("harmonic_score")}, indent=2))
+                               "harmonic_score": result.metrics.get("harmonic_score"),
+                               "attack_success": result.metrics.get("attack_success")}, indent=2))
     if not report.passed:
         raise typer.Exit(GATE_FAILED)

@@ -9,7 +9,7 @@ patch and returns it (the caller saves it).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from editflow.edits.registry import get_method
@@ -30,17 +30,33 @@ class EraseJob:
     options: dict = field(default_factory=dict)  # fields of the method's config (lam, guidance, ...)
     cache_dir: str | None = None  # preserve-statistics cache; None: no cache
     concept_aliases: dict[str, list[str]] = field(default_factory=dict)  # extra words per concept
+    finetune: dict = field(default_factory=dict)  # fields of FinetuneConfig (mode, steps, ...); {}: none
+    images: str | None = None  # folder of images of the concept: inverted into a token that joins its words
+    image_token: str | None = None  # name of that token (default <CONCEPT-images>)
 
     def validate(self) -> None:
         if not self.concepts:
             raise EditflowError("name at least one concept to erase")
         if self.aliases and len(self.concepts) != 1:
             raise EditflowError("--alias names one concept: give exactly one --concept with it")
-        if self.model is None:
+        if self.images is not None and len(self.concepts) != 1:
+            raise EditflowError("--images shows one concept: give exactly one --concept (or --token) with it")
+        if self.model is None and not self.images_only:
             from editflow.world import DEFAULT_WORLD
 
             for w in self.concepts:
                 DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
+
+
+    @property
+    def images_only(self) -> bool:
+        """The concept is named by its images alone (its name is the learned token)."""
+        return self.images is not None and self.concepts[0].startswith("<")
+
+    def token_name(self) -> str:
+        if self.images_only:
+            return self.concepts[0]
+        return self.image_token or f"<{self.concepts[0].strip().replace(' ', '_')}-images>"
 
 
 def method_config(method: str, options: dict):
@@ -50,6 +66,19 @@ def method_config(method: str, options: dict):
 
 
 def build_request(job: EraseJob) -> EraseRequest:
+    if job.images_only:
+        preserve = list(job.preserve)
+        if not preserve and job.model is None:
+            from editflow.world import DEFAULT_WORLD
+
+            preserve = [c.name for f in ("object", "style", "identity") for c in DEFAULT_WORLD.family(f)
+                        if "null" not in c.tags]
+        return EraseRequest([ConceptSpec(job.concepts[0], tuple(job.aliases), job.anchor or "")], preserve,
+                            token_policy=job.token_policy)
+    if job.images is not None:  # the images' token joins the concept's words
+        job = replace(job, concept_aliases={**job.concept_aliases,
+                                            job.concepts[0]: [*job.concept_aliases.get(job.concepts[0], []),
+                                                              job.token_name()]})
     if job.model is None:
         from editflow.world import DEFAULT_WORLD
         from editflow.world.erasure import world_request
@@ -61,19 +90,63 @@ def build_request(job: EraseJob) -> EraseRequest:
                          for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
 
 
-def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None):
+def load_images(folder: str | Path) -> list:
+    """The images in ``folder`` (png, jpg, jpeg, webp, bmp), sorted by name."""
+    from PIL import Image
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise EditflowError(f"image folder not found: {folder}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+    if not files:
+        raise EditflowError(f"no images (png, jpg, webp, bmp) in {folder}")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                images.append(im.convert("RGB"))
+        except OSError as exc:
+            raise EditflowError(f"cannot read image {f}: {exc}") from None
+    return images
+
+
+def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None,
+              finetune_progress=None, images: list | None = None):
     """Compute the patch for ``job`` (loading its model unless ``pipe`` is given; building its
-    request unless the caller built it already with :func:`build_request`)."""
+    request unless the caller built it already with :func:`build_request`).
+
+    With ``job.images`` (or ``images`` given) the concept's images are first inverted into a token
+    (:mod:`editflow.inversion`) that joins its words; with ``job.finetune`` the closed-form patch
+    then goes through the gradient stage (:mod:`editflow.finetune`), whose ``finetune_progress``
+    gets ``(event, info)``.
+    """
     from editflow.edits.streaming import PreserveCache
+    from editflow.finetune import FinetuneConfig, finetune
+    from editflow.inversion import InversionConfig, invert, learned_tokens
     from editflow.models.pipeline import load_pipeline
 
     job.validate()
     config = method_config(job.method, job.options)
+    ft = FinetuneConfig(**job.finetune)
     pipe = pipe if pipe is not None else load_pipeline(job.model)
     request = request if request is not None else build_request(job)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None
+    method = get_method(job.method)
     t0 = time.perf_counter()
-    patch = get_method(job.method).compute(pipe, request, config, cache=cache, progress=progress)
+    tokens, shown = [], {}
+    if job.images is not None or images is not None:
+        images = images if images is not None else load_images(job.images)
+        tok = invert(pipe, images, job.token_name(), InversionConfig(seed=ft.seed))
+        tok.metadata["concept"] = request.concepts[0].name
+        tokens, shown = [tok], {request.concepts[0].name: images}
+    with learned_tokens(pipe, *tokens):
+        patch = method.compute(pipe, request, config, cache=cache, progress=progress)
+    patch = finetune(pipe, request, patch, lambda req: method.compute(pipe, req, config, cache=cache), ft,
+                     images=shown, tokens=tokens, progress=finetune_progress)
+    if tokens:
+        patch.metadata["learned_tokens"] = [{"token": t.token, "images": t.metadata["images"],
+                                             "loss_last": t.metadata["loss_last"]} for t in tokens]
+        patch.tokens = tokens
     patch.metadata["seconds"] = round(time.perf_counter() - t0, 3)
     return patch, request
 

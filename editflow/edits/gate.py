@@ -12,8 +12,8 @@ for concept features): independent of the encoder's feature scale. ``τ`` and ``
 embeddings score above and preserve embeddings below the threshold (best Youden's J). Unrelated tokens therefore
 pass through unchanged, while the edit stays low-rank.
 
-The gate runs inside a diffusers attention processor (:class:`GatedCrossAttnProcessor`), set per
-cross-attention layer with ``unet.set_attn_processor`` and restored afterwards.
+The gated delta (:class:`LowRankDelta`) runs inside editflow's cross-attention processor
+(:mod:`editflow.edits.attention`), set per layer and restored afterwards.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from editflow.edits.closed_form import EditStatistics, LowRankEdit
+from editflow.edits.closed_form import EditStatistics
 
 
 @dataclass
@@ -88,58 +87,22 @@ def _threshold(r_erase: torch.Tensor, r_keep: torch.Tensor) -> tuple[float, floa
     return tau, max(spread / 10, 0.05)
 
 
-class GatedCrossAttnProcessor:
-    """``AttnProcessor2_0`` with gated low-rank deltas on ``to_k`` / ``to_v``."""
+class LowRankDelta:
+    """``δ(c) = g(c) · (c downᵀ) upᵀ`` for one layer's key and value (``g = 1`` without a gate).
 
-    def __init__(self, gate: Gate, edit: LowRankEdit, key_name: str, value_name: str):
-        self.gate = gate
-        self.down = edit.down
-        self.up_k = edit.up.get(key_name)
-        self.up_v = edit.up.get(value_name)
+    The factors may be trainable parameters (fine-tuning keeps the gate fixed and learns them).
+    """
 
-    def _delta(self, c: torch.Tensor, up: torch.Tensor | None) -> torch.Tensor | float:
+    def __init__(self, down: torch.Tensor, up_k: torch.Tensor | None, up_v: torch.Tensor | None,
+                 gate: Gate | None = None):
+        self.down, self.up, self.gate = down, {"k": up_k, "v": up_v}, gate
+
+    def __call__(self, c: torch.Tensor, which: str) -> torch.Tensor | float:
+        up = self.up[which]
         if up is None:
             return 0.0
-        g = self.gate(c.float()).unsqueeze(-1)
-        return (g * (c.float() @ self.down.T.to(c.device)) @ up.T.to(c.device)).to(c.dtype)
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
-                                          else encoder_hidden_states.shape)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states) + self._delta(encoder_hidden_states, self.up_k)
-        value = attn.to_v(encoder_hidden_states) + self._delta(encoder_hidden_states, self.up_v)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                       dropout_p=0.0, is_causal=False)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.to(query.dtype)))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        cf = c.float()
+        delta = (cf @ self.down.T.to(c.device)) @ up.T.to(c.device)
+        if self.gate is not None:
+            delta = self.gate(cf).unsqueeze(-1) * delta
+        return delta.to(c.dtype)

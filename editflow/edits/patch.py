@@ -23,8 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from editflow.edits.attention import CrossAttnProcessor, install, restore
 from editflow.edits.closed_form import LowRankEdit
-from editflow.edits.gate import Gate, GatedCrossAttnProcessor
+from editflow.edits.gate import Gate, LowRankDelta
 from editflow.edits.targets import TargetSpec
 from editflow.errors import EditflowError
 
@@ -45,6 +46,7 @@ class Patch:
     edit: LowRankEdit
     gate: Gate | None = None
     metadata: dict = field(default_factory=dict)
+    tokens: list = field(default_factory=list)  # LearnedTokens the erasure learned from images (provenance)
 
     @property
     def targets(self) -> TargetSpec:
@@ -57,6 +59,8 @@ class Patch:
         tensors["down"] = self.edit.down.contiguous()
         if self.gate is not None:
             tensors.update({f"gate.{k}": v.contiguous() for k, v in self.gate.tensors().items()})
+        for t in self.tokens:
+            tensors[f"token.{t.token}"] = t.vectors.detach().float().contiguous()
         meta = {"format": FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}
         if self.gate is not None:
             meta["gate"] = json.dumps(self.gate.params())
@@ -84,7 +88,10 @@ class Patch:
         if "gate" in meta:
             gate = Gate.from_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")},
                                      json.loads(meta["gate"]))
-        return cls(LowRankEdit(up=up, down=tensors["down"]), gate, json.loads(meta["metadata"]))
+        from editflow.inversion.tokens import LearnedTokens
+
+        tokens = [LearnedTokens(k[6:], v) for k, v in tensors.items() if k.startswith("token.")]
+        return cls(LowRankEdit(up=up, down=tensors["down"]), gate, json.loads(meta["metadata"]), tokens)
 
     # -- application ------------------------------------------------------------------------
     def check_base(self, unet: torch.nn.Module) -> None:
@@ -132,14 +139,15 @@ class AppliedPatch:
                 with torch.no_grad():
                     modules[name].weight.copy_(new)
         else:
-            self._processors = dict(unet.attn_processors)
-            procs = dict(self._processors)
-            for key in procs:
-                attn_name = key.rsplit(".processor", 1)[0]
-                k, v = f"{attn_name}.to_k", f"{attn_name}.to_v"
-                if k in patch.edit.up or v in patch.edit.up:
-                    procs[key] = GatedCrossAttnProcessor(patch.gate, patch.edit, k, v)
-            unet.set_attn_processor(procs)
+            up = patch.edit.up
+
+            def make(name: str):
+                k, v = f"{name}.to_k", f"{name}.to_v"
+                if k not in up and v not in up:
+                    return None
+                return CrossAttnProcessor(name, LowRankDelta(patch.edit.down, up.get(k), up.get(v), patch.gate))
+
+            self._processors = install(unet, make)
 
     def revert(self) -> None:
         if self.mode == "merge":
@@ -149,7 +157,7 @@ class AppliedPatch:
                     modules[name].weight.copy_(w)
             self._weights.clear()
         elif self._processors is not None:
-            self.unet.set_attn_processor(self._processors)
+            restore(self.unet, self._processors)
             self._processors = None
 
     def __enter__(self) -> AppliedPatch:

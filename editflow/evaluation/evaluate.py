@@ -16,8 +16,9 @@ Metrics (lower is better for the first two):
 * ``fid_preserved``  -- Fréchet distance between original and patched image features of the
   preserved prompts, in the evaluator's feature space (a CLIP-feature FID);
 * ``image_similarity_preserved`` -- mean cosine similarity of paired image features;
-* ``memorization_score`` -- Forget-Me-Not §4.2; needs concept inversion (not yet available),
-  reported as absent (``None`` with a reason), never as a number;
+* ``attack_success`` / ``memorization_score`` -- the concept-inversion attack and FMN's M-Score,
+  filled in by :func:`editflow.evaluation.attack.attack_result` (absent, with the reason, when
+  the attack is not run);
 * ``harmonic_score`` -- H_o of (1 − erasure rate, specificity, 1 − leakage) (MACE).
 """
 
@@ -42,7 +43,8 @@ from editflow.evaluation.prompts import EvalPrompt, PromptSet
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig
 
-ABSENT = {"memorization_score": "needs concept inversion, which editflow does not have yet"}
+ABSENT = {"attack_success": "the inversion attack was not run (--no-attack)",
+          "memorization_score": "the inversion attack was not run (--no-attack)"}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class EvalResult:
     patched: list[Image.Image] = field(repr=False)
     prompts: list[EvalPrompt] = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    attacks: list[dict] = field(default_factory=list, repr=False)  # per concept, see evaluation.attack
 
     def per_concept(self) -> list[dict]:
         """Detection before/after per (role, concept), for the report table."""
@@ -151,6 +154,7 @@ def evaluate(pipe, prompts: PromptSet, detector: Detector, evaluator: Evaluator,
     m["fid_preserved"] = frechet_distance(f_before[kept], f_after[kept]) if len(kept) >= 2 else None
     m["image_similarity_preserved"] = (float(paired_similarity(f_before[kept], f_after[kept]).mean())
                                        if kept else None)
+    m["attack_success"] = None
     m["memorization_score"] = None
     m["harmonic_score"] = harmonic_score(m["erasure_rate"], m["specificity"], m["leakage"])
     rows = [{"text": p.text, "concept": p.concept, "role": p.role, "kind": p.kind, "seed": p.seed,

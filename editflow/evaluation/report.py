@@ -24,23 +24,36 @@ def _fmt(v) -> str:
 
 
 def grids(result: EvalResult, per_row: int = 8, scale: int = 4) -> dict[str, object]:
-    """One grid per role: ``per_row`` originals over their patched twins."""
+    """One grid per role: ``per_row`` originals over their patched twins; for the attack, the
+    original's target images over the images the learned token draws (same prompts and seeds)."""
     out = {}
     for role in GRID_ROLES:
         ids = [i for i, p in enumerate(result.prompts) if p.role == role]
-        if not ids:
-            continue
-        # spread the picks over the concepts of the role
-        step = max(1, len(ids) // per_row)
-        ids = ids[::step][:per_row]
-        out[role] = make_grid([result.original[i] for i in ids] + [result.patched[i] for i in ids], len(ids), scale)
+        if ids:
+            ids = _spread(ids, per_row)  # spread the picks over the concepts of the role
+            out[role] = make_grid([result.original[i] for i in ids] + [result.patched[i] for i in ids], len(ids),
+                                  scale)
+    if result.attacks:
+        k = max(1, per_row // len(result.attacks))
+        top, bottom = [], []
+        for a in result.attacks:
+            ids = [i for i, p in enumerate(result.prompts) if p.role == "target" and p.concept == a["concept"]][:k]
+            top += [result.original[i] for i in ids]
+            bottom += a["images"][:len(ids)]
+        out["attack"] = make_grid(top + bottom, len(top), scale)
     return out
+
+
+def _spread(items: list, n: int) -> list:
+    return items[::max(1, len(items) // n)][:n]
 
 
 def to_dict(result: EvalResult, gates: GateReport, context: dict) -> dict:
     return {"passed": gates.passed, **context, "metrics": result.metrics, "absent": result.absent,
             "gates": gates.to_dict(), "per_concept": result.per_concept(), "seconds": result.seconds,
-            "prompts": result.rows}
+            "prompts": result.rows,
+            "attacks": [{k: a.get(k) for k in ("concept", "success", "tries", "memorization", "loss_last", "seconds")}
+                        for a in result.attacks]}
 
 
 def markdown(result: EvalResult, gates: GateReport, context: dict, grid_files: dict[str, str]) -> str:
@@ -66,6 +79,14 @@ def markdown(result: EvalResult, gates: GateReport, context: dict, grid_files: d
               "|---|---|---:|---:|---:|"]
     for r in result.per_concept():
         lines.append(f"| {r['role']} | {r['concept']} | {r['n']} | {_fmt(r['before'])} | {_fmt(r['after'])} |")
+    if result.attacks:
+        lines += ["", "## Concept-inversion attack (Pham et al. 2023)", "",
+                  "| concept | attack success (best try) | tries | memorization | inversion loss | seconds |",
+                  "|---|---:|---|---:|---:|---:|"]
+        for a in result.attacks:
+            tries = ", ".join(_fmt(t) for t in a.get("tries", []))
+            lines.append(f"| {a['concept']} | {_fmt(a['success'])} | {tries} | {_fmt(a['memorization'])} | "
+                         f"{_fmt(a['loss_last'])} | {_fmt(a['seconds'])} |")
     if grid_files:
         lines += ["", "## Images (top row original, bottom row patched, same seeds)", ""]
         for role, name in grid_files.items():

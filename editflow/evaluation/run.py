@@ -30,6 +30,9 @@ class EvalJob:
     steps: int = 25
     guidance: float = 5.0
     cache_dir: str | None = None  # original-image cache; None: no cache
+    attack: bool = True  # run the concept-inversion attack (attack_success, memorization_score)
+    attack_steps: int = 150
+    attack_restarts: int = 3
 
 
 @dataclass
@@ -149,6 +152,21 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
                       runners=runners)
     if b is not None:
         b.close()
+    if job.attack:
+        from editflow.evaluation.attack import AttackConfig, attack_result
+
+        attack = AttackConfig(steps=job.attack_steps, restarts=job.attack_restarts)
+        n_targets = len(set(x.concept for x in pset.prompts if x.role == "target"))
+        b = (progress_factory(attack.steps * attack.restarts * n_targets, "eval: inversion attack")
+             if progress_factory else None)
+        anchors = {c["name"]: c.get("anchor", "") for c in meta.get("concepts", [])}
+        if not real and not anchors:
+            from editflow.world.erasure import FAMILY_ANCHORS
+
+            anchors = {c: FAMILY_ANCHORS[DEFAULT_WORLD.concept(c).family] for c in names}
+        attack_result(pipe, result, p, detector, judge, anchors, attack, gen, b.update if b else None)
+        if b is not None:
+            b.close()
     report = gate_spec.judge(result.metrics, family, result.absent)
     out = Path(job.out) if job.out else (Path(patch).with_name(Path(patch).stem + "-eval") if patch is not None
                                          else Path("eval-" + "-".join(names)))

@@ -1,0 +1,68 @@
+"""Erasure quality with the gradient stage, side by side on the same model, prompts and seeds:
+ACE + fine-tuning vs ACE closed form vs UCE vs ESD-x, including the concept-inversion attack.
+
+    python bench/finetune_quality.py [--concepts star skull kasimir zorbo] [--images 24]
+
+Each patch is computed and judged as `editflow erase --patch-only [--finetune ...]` and
+`editflow eval` do (``run_erase``, ``run_eval`` with the attack on). Specificity is the
+evaluation's (neighbours and distant concepts together, after / before). Prints one markdown
+table; results go to docs/benchmarks.md ("Fine-tuning and the inversion attack").
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from editflow.edits.erase import EraseJob, run_erase
+from editflow.evaluation.run import EvalJob, run_eval
+from editflow.models.pipeline import load_pipeline
+
+VARIANTS = {
+    "ace+adv": ("ace", {"mode": "adv"}),
+    "ace+fmn": ("ace", {"mode": "fmn"}),
+    "ace": ("ace", {}),
+    "uce": ("uce", {}),
+    "esd-x": ("esd-x", {}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concepts", nargs="+", default=["star", "skull", "kasimir", "zorbo"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline()
+    work = Path(tempfile.mkdtemp(prefix="editflow-bench-"))
+    rows = []
+    for concept in args.concepts:
+        for variant in args.variants:
+            method, finetune = VARIANTS[variant]
+            patch, _ = run_erase(EraseJob([concept], method, finetune=finetune), pipe)
+            path = patch.save(work / f"{concept}-{variant}.safetensors")
+            outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache")), pipe)
+            m = outcome.result.metrics
+
+            def fmt(k, m=m):
+                return "—" if m.get(k) is None else f"{m[k]:.3f}"
+
+            failed = [c.metric for c in outcome.gates.failures()]
+            rows.append(f"| {concept} | {variant} | {patch.metadata['seconds']:.1f} | {fmt('erasure_rate')} | "
+                        f"{fmt('leakage')} | {fmt('specificity')} | {fmt('attack_success')} | "
+                        f"{fmt('memorization_score')} | {fmt('image_similarity_preserved')} | "
+                        f"{'pass' if not failed else 'FAIL: ' + ', '.join(failed)} |")
+            print(rows[-1], flush=True)
+    print("\n| concept | method | erase s | erasure rate | leakage | specificity | attack success | memorization "
+          "| image sim. | gates |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

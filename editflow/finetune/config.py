@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FinetuneMode(str, Enum):
+    none = "none"  # the closed-form patch as it is
+    fmn = "fmn"  # Forget-Me-Not losses on the patch's factors
+    adv = "adv"  # adversarial rounds (inverted / PGD embeddings join the erase set), then the FMN steps
+
+
+@dataclass
+class FinetuneConfig:
+    """The short gradient stage after a closed-form erasure; trains only the patch's factors.
+
+    Defaults measured on the embedded world (docs/benchmarks.md, "Fine-tuning and attacks").
+    """
+
+    mode: FinetuneMode = field(default=FinetuneMode.none, metadata={"help": "none, fmn or adv"})
+    steps: int = field(default=50, metadata={"help": "gradient steps on the patch's factors (FMN losses)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the factors"})
+    batch: int = field(default=4, metadata={"help": "erase prompts per step (and as many preserve prompts)"})
+    resteer_weight: float = field(default=1.0, metadata={"help": "FMN attention re-steering loss weight"})
+    denoise_weight: float = field(default=1.0, metadata={"help": "FMN visual denoising loss weight"})
+    preserve_weight: float = field(default=1.0, metadata={
+        "help": "keep preserved prompts' predictions equal to the base model's"})
+    extra_rank: int = field(default=4, metadata={"help": "new directions the factors may grow (zero-initialised)"})
+    fallbacks: int = field(default=16, metadata={"help": "natural-fallback images (concept attention zeroed)"})
+    rounds: int = field(default=6, metadata={"help": "adv: adversarial search rounds"})
+    attack_steps: int = field(default=150, metadata={"help": "adv: gradient steps per adversarial embedding"})
+    attack_lr: float = field(default=0.02, metadata={"help": "adv: learning rate of the adversarial embedding"})
+    pgd_radius: float = field(default=2.0, metadata={
+        "help": "adv: PGD ball radius around the concept word's embedding, in units of its norm"})
+    references: int = field(default=16, metadata={"help": "concept images the base model draws when none given"})
+    seed: int = 0
+
+    def __post_init__(self):
+        self.mode = FinetuneMode(self.mode)
+        for name in ("steps", "extra_rank", "rounds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("batch", "attack_steps", "references", "fallbacks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.lr <= 0 or self.attack_lr <= 0 or self.pgd_radius <= 0:
+            raise ValueError("lr, attack_lr and pgd_radius must be > 0")

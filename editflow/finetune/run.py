@@ -1,0 +1,89 @@
+"""The gradient stage after a closed-form erasure: adversarial rounds, then FMN steps.
+
+``adv``: for ``rounds`` rounds, search an adversarial embedding against the current patch
+(:mod:`editflow.finetune.adversarial`), add it to its concept's words and solve the closed form
+again (the new embedding's features join the erase set and the gate's calibration). Then, in
+``fmn`` and ``adv`` modes, ``steps`` gradient steps of the Forget-Me-Not losses on the patch's
+factors (:mod:`editflow.finetune.fmn`), over the concept's prompts and the adversarial ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+
+from PIL import Image
+
+from editflow.edits.patch import Patch
+from editflow.edits.request import ConceptSpec, EraseRequest, erase_pairs, preserve_pairs
+from editflow.finetune.adversarial import adversarial_embedding
+from editflow.finetune.config import FinetuneConfig, FinetuneMode
+from editflow.finetune.fmn import fmn_finetune
+from editflow.inversion import LearnedTokens, learned_tokens
+from editflow.models.pipeline import generate
+
+
+def reference_images(pipe, concept: ConceptSpec, templates: tuple[str, ...], n: int, seed: int = 0
+                     ) -> list[Image.Image]:
+    """``n`` images of ``concept`` drawn by the base model from its erase prompts (seeded)."""
+    prompts = [templates[i % len(templates)].format(concept.name) for i in range(n)]
+    return generate(pipe, prompts, [seed * 100_003 + 50_000 + i for i in range(n)])
+
+
+def with_tokens(request: EraseRequest, tokens: list[LearnedTokens]) -> EraseRequest:
+    """``request`` with each learned token added to the words of the concept it was learned for."""
+    extra: dict[str, tuple[str, ...]] = {}
+    for t in tokens:
+        extra.setdefault(t.metadata["concept"], ())
+        extra[t.metadata["concept"]] += (t.token,)
+    concepts = [replace(c, aliases=c.aliases + extra.get(c.name, ())) for c in request.concepts]
+    return replace(request, concepts=concepts)
+
+
+def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[EraseRequest], Patch],
+             config: FinetuneConfig, images: dict[str, list[Image.Image]] | None = None,
+             tokens: list[LearnedTokens] | None = None, progress=None) -> Patch:
+    """The fine-tuned patch. ``compute(request)`` solves the closed form again (same method and
+    settings); ``images`` per concept name default to the base model's own drawings; ``tokens``
+    are learned tokens the request already names (``erase --images``): loaded while encoding.
+
+    ``progress(event: str, info: dict)`` reports each round and step.
+    """
+    if config.mode is FinetuneMode.none:
+        return patch
+    report = progress or (lambda event, info: None)
+    t0 = time.perf_counter()
+    given = list(tokens or [])
+    adv: list[LearnedTokens] = []
+    if config.mode is FinetuneMode.adv and config.rounds:
+        images = dict(images or {})
+        for c in request.concepts:
+            if c.name not in images:
+                images[c.name] = reference_images(pipe, c, request.templates, config.references, config.seed)
+        for r in range(config.rounds):
+            concept = request.concepts[r % len(request.concepts)]
+            with learned_tokens(pipe, *given):
+                tok = adversarial_embedding(pipe, patch, images[concept.name], concept, r // len(request.concepts),
+                                            config)
+            adv.append(tok)
+            with learned_tokens(pipe, *given, *adv):
+                patch = compute(with_tokens(request, adv))
+            report("round", {"round": r + 1, "of": config.rounds, "search": tok.metadata["search"],
+                             "loss": round(tok.metadata["loss_last"], 4), "rank": patch.edit.rank})
+    facts: dict = {}
+    if config.steps:
+        full = with_tokens(request, adv)
+        erase = [(p, w) for p, _, w in erase_pairs(full)]
+        keep = [p for p, _ in preserve_pairs(full)]
+        with learned_tokens(pipe, *given, *adv):
+            patch, facts = fmn_finetune(pipe, patch, erase, keep, config, request.token_policy,
+                                        progress=lambda n, h: report("step", h))
+    patch.metadata = {**patch.metadata, "rank": patch.edit.rank,
+                      "finetune": {"config": {k: (v.value if hasattr(v, "value") else v)
+                                              for k, v in asdict(config).items()},
+                                   "adversarial": [{"token": t.token, **{k: t.metadata[k] for k in
+                                                                         ("search", "concept", "round", "loss_last")}}
+                                                   for t in adv],
+                                   "losses": facts, "seconds": round(time.perf_counter() - t0, 2)}}
+    return patch

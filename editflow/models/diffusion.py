@@ -1,0 +1,118 @@
+"""The diffusion arithmetic gradient-based edits share (inversion, fine-tuning, ESD).
+
+Everything follows the pipeline's own scheduler config (``prediction_type`` epsilon, v_prediction
+or sample; ``alphas_cumprod``), so the same code trains the embedded v-prediction model and SD 1.x
+epsilon models. With ``x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε`` (DDPM, Ho et al. 2020, eq. 4) and
+``v = √ᾱ_t ε - √(1-ᾱ_t) x0`` (Salimans & Ho 2022, §4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from editflow.errors import EditflowError
+
+
+def check_trainable(pipe) -> None:
+    """Gradient-based edits call the UNet with text features only (SD 1.x/2.x, the embedded model)."""
+    if getattr(pipe.unet.config, "addition_embed_type", None) is not None:
+        raise EditflowError("fine-tuning and inversion support SD 1.x/2.x-style UNets; this one needs added "
+                            f"conditioning ({pipe.unet.config.addition_embed_type}, e.g. SDXL): use a closed-form "
+                            "method (ace, uce)")
+
+
+def image_size(pipe) -> int:
+    return pipe.unet.config.sample_size * (getattr(pipe, "vae_scale_factor", None) or 1)
+
+
+def to_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
+    """Scaled latents (posterior means) of ``images``, resized to the model's image size."""
+    if not images:
+        raise EditflowError("no images to encode")
+    size = image_size(pipe)
+    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+                    for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return x
+    with torch.no_grad():
+        x = x.to(vae.device, vae.dtype)
+        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+
+def _ab(scheduler, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ac = scheduler.alphas_cumprod.to(like.device, torch.float32)[t.to(like.device)]
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return ac.sqrt().view(shape).to(like.dtype), (1 - ac).sqrt().view(shape).to(like.dtype)
+
+
+def prediction_type(scheduler) -> str:
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction", "sample"):
+        raise EditflowError(f"unsupported prediction type {kind!r}")
+    return kind
+
+
+def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    a, s = _ab(scheduler, t, x0)
+    return a * x0 + s * noise
+
+
+def target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet should predict for ``x_t`` built from ``x0`` and ``noise``."""
+    kind = prediction_type(scheduler)
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    a, s = _ab(scheduler, t, x0)
+    return a * noise - s * x0
+
+
+def predicted_x0(scheduler, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x̂0`` from a UNet output (FMN's visual denoising loss compares it with the fallback image)."""
+    kind = prediction_type(scheduler)
+    if kind == "sample":
+        return pred
+    a, s = _ab(scheduler, t, x_t)
+    if kind == "epsilon":
+        return (x_t - s * pred) / a
+    return a * x_t - s * pred
+
+
+def sample_timesteps(scheduler, n: int, gen: torch.Generator, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """``n`` training timesteps drawn uniformly from ``[low, high)`` of the schedule."""
+    T = scheduler.config.num_train_timesteps
+    return torch.randint(int(low * T), max(int(high * T), int(low * T) + 1), (n,), generator=gen)
+
+
+def text_features(pipe, prompts: list[str]) -> torch.Tensor:
+    """Conditional text features as the pipeline computes them (differentiable: the caller decides
+    on ``no_grad``); learned textual-inversion tokens loaded into the pipeline are honoured."""
+    return pipe.encode_prompt(prompt=prompts, device=pipe.unet.device, num_images_per_prompt=1,
+                              do_classifier_free_guidance=False)[0]
+
+
+def unet_output(pipe, x_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    return pipe.unet(x_t, t.to(x_t.device), encoder_hidden_states=features).sample
+
+
+class frozen:
+    """``with frozen(pipe.unet, pipe.text_encoder):`` no gradient reaches these modules' weights
+    (their ``requires_grad`` flags are restored on exit)."""
+
+    def __init__(self, *modules: torch.nn.Module | None):
+        self.params = [p for m in modules if m is not None for p in m.parameters()]
+
+    def __enter__(self):
+        self.flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc):
+        for p, f in zip(self.params, self.flags):
+            p.requires_grad_(f)

@@ -1,0 +1,159 @@
+"""The gradient stage: attention capture and suppression through editflow's processor, FMN's
+re-steering loss going down, only patch parameters trained (base bit-identical), adversarial
+rounds growing the erase set, and the ESD baseline's target formula."""
+
+import pytest
+import torch
+
+from editflow.edits import ConceptSpec, EraseRequest, get_method
+from editflow.edits.ace import ACEConfig
+from editflow.edits.attention import CrossAttnProcessor, attention_processors, capture_attention, token_attention
+from editflow.edits.esd import ESDConfig, esd_target
+from editflow.finetune import FinetuneConfig, finetune
+from editflow.finetune.fmn import TrainableFactors, concept_mask
+from editflow.models import diffusion as D
+from tests.tiny import tiny_sd_pipeline
+
+
+@pytest.fixture()
+def pipe(tmp_path, world):
+    return tiny_sd_pipeline(tmp_path, world)
+
+
+def _request():
+    return EraseRequest([ConceptSpec("star", ("pentagram",), anchor="shape")], preserve=["circle", "heart"])
+
+
+def _state(pipe):
+    return {f"{n}.{k}": v.clone() for n in ("unet", "text_encoder", "vae")
+            for k, v in getattr(pipe, n).state_dict().items()}
+
+
+def _types(unet):
+    return {k: type(v) for k, v in unet.attn_processors.items()}
+
+
+def _unet_step(pipe, prompts, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(prompts), 4, 8, 8, generator=gen)
+    return pipe.unet(x, torch.tensor([500] * len(prompts)), D.text_features(pipe, prompts)).sample
+
+
+def test_attention_capture_restores_processors_even_on_error(pipe):
+    before = _types(pipe.unet)
+    with torch.no_grad(), capture_attention(pipe.unet) as maps:
+        _unet_step(pipe, ["a red star", "a circle"])
+    names = {n for n, _ in maps}
+    assert len(names) == len([k for k in before if "attn2" in k]) and len(maps) == len(names)
+    for _, probs in maps:  # probabilities over the text tokens
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+        assert probs.shape[-1] == pipe.tokenizer.model_max_length
+    assert _types(pipe.unet) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_attention(pipe.unet):
+            raise RuntimeError("boom")
+    assert _types(pipe.unet) == before
+
+
+def test_capture_without_changes_matches_the_stock_processor(pipe):
+    with torch.no_grad():
+        base = _unet_step(pipe, ["a red star"])
+        with capture_attention(pipe.unet):
+            captured = _unet_step(pipe, ["a red star"])
+    assert torch.allclose(base, captured, atol=1e-5)
+
+
+def test_suppressed_tokens_get_no_attention(pipe):
+    prompts = ["a red star", "a blue star"]
+    mask = concept_mask(pipe, prompts, ["star", "star"], pipe.tokenizer.model_max_length)
+    assert mask.sum() == 2 * (pipe.tokenizer.model_max_length - 3)  # <bos> a red | star ... pad
+    maps = []
+    probe = lambda name, probs: maps.append(probs)  # noqa: E731
+    with torch.no_grad(), attention_processors(pipe.unet, lambda n: CrossAttnProcessor(n, probe=probe,
+                                                                                        suppress=mask)):
+        _unet_step(pipe, prompts)
+    assert maps and all(float(p[mask[:, None, None, :].expand_as(p)].abs().max()) == 0.0 for p in maps)
+    assert all(torch.allclose(p.sum(-1), torch.ones(())) for p in maps)
+    # a classifier-free-guided batch [uncond, cond] leaves the unconditional half alone
+    proc = CrossAttnProcessor("x", suppress=mask)
+    full = proc._mask(4, mask.shape[1], "cpu")[:, 0, 0]
+    assert not full[:2].any() and torch.equal(full[2:], mask)
+
+
+def test_resteering_loss_decreases_and_only_patch_factors_train(pipe):
+    req = _request()
+    patch = get_method("ace").compute(pipe, req, ACEConfig(rank_energy=1.0))
+    state, procs = _state(pipe), _types(pipe.unet)
+    prompts = ["a star", "a red star", "a pentagram", "a picture of a star"]
+    words = ["star", "star", "pentagram", "star"]
+    mask = concept_mask(pipe, prompts, words, pipe.tokenizer.model_max_length)
+
+    def resteer(factors):
+        with torch.no_grad(), capture_attention(pipe.unet, factors.delta_for) as maps:
+            _unet_step(pipe, prompts, seed=1)
+        return token_attention(maps, mask).item()
+
+    before = resteer(TrainableFactors(patch, 4))
+    cfg = FinetuneConfig(mode="fmn", steps=40, lr=1e-2, denoise_weight=0.0, preserve_weight=0.0, fallbacks=4)
+    from editflow.finetune.fmn import fmn_finetune
+
+    tuned, facts = fmn_finetune(pipe, patch, list(zip(prompts, words)), [], cfg)
+    after = resteer(TrainableFactors(tuned, 0))
+    assert after < 0.8 * before, (before, after)
+    assert facts["resteer"]["last"] < facts["resteer"]["first"]
+    assert tuned.edit.rank == patch.edit.rank + 4 and set(tuned.edit.up) == set(patch.edit.up)
+    assert tuned.gate is patch.gate
+    state_after = _state(pipe)
+    assert all(torch.equal(v, state_after[k]) for k, v in state.items())  # base weights bit-identical
+    assert _types(pipe.unet) == procs
+
+
+def test_adversarial_rounds_grow_the_erase_set_and_keep_the_base(pipe):
+    req = _request()
+    method, cfg = get_method("ace"), ACEConfig()
+    patch = method.compute(pipe, req, cfg)
+    state, n_tok = _state(pipe), len(pipe.tokenizer)
+    seen = []
+    ft = FinetuneConfig(mode="adv", rounds=2, steps=2, attack_steps=3, references=2, fallbacks=2, batch=2)
+    tuned = finetune(pipe, req, patch, lambda r: method.compute(pipe, r, cfg), ft,
+                     progress=lambda event, info: seen.append(event))
+    assert seen == ["round", "round", "step", "step"]
+    adv = tuned.metadata["finetune"]["adversarial"]
+    assert [a["search"] for a in adv] == ["inversion", "pgd"] and all(a["concept"] == "star" for a in adv)
+    aliases = tuned.metadata["concepts"][0]["aliases"]
+    assert [a["token"] for a in adv] == [w for w in aliases if w.startswith("<adv-")]
+    assert len(pipe.tokenizer) == n_tok
+    state_after = _state(pipe)
+    assert all(torch.equal(v, state_after[k]) for k, v in state.items())
+    # the patch still applies and reverts exactly
+    with torch.no_grad():
+        base = _unet_step(pipe, ["a star"])
+        with tuned.apply(pipe):
+            edited = _unet_step(pipe, ["a star"])
+        assert torch.equal(base, _unet_step(pipe, ["a star"]))
+    assert not torch.allclose(base, edited)
+
+
+def test_esd_target_matches_the_formula_on_hand_inputs():
+    uncond, cond = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([3.0, 5.0, -1.0])
+    assert torch.equal(esd_target(uncond, cond, 1.0), torch.tensor([-1.0, -1.0, -1.0]))
+    assert torch.equal(esd_target(uncond, cond, 0.0), uncond)
+    assert torch.equal(esd_target(uncond, cond, 2.0), torch.tensor([-3.0, -4.0, -1.0]))
+    # affine in the prediction: the same target in ε and in v = a ε - s x0 for fixed x_t
+    a, s, x0 = 0.6, 0.8, torch.tensor([0.5, -0.2, 0.1])
+    to_v = lambda eps: a * eps - s * x0  # noqa: E731
+    assert torch.allclose(to_v(esd_target(uncond, cond, 1.5)), esd_target(to_v(uncond), to_v(cond), 1.5))
+
+
+def test_esd_x_trains_a_patch_and_leaves_the_base(pipe):
+    state = _state(pipe)
+    patch = get_method("esd-x").compute(pipe, _request(), ESDConfig(esd_steps=5, trajectories=2, sample_steps=3))
+    d = pipe.text_encoder.config.hidden_size
+    assert patch.gate is None and patch.edit.rank == d and torch.equal(patch.edit.down, torch.eye(d))
+    assert any(u.abs().sum() > 0 for u in patch.edit.up.values())
+    state_after = _state(pipe)
+    assert all(torch.equal(v, state_after[k]) for k, v in state.items())
+    with torch.no_grad():
+        base = _unet_step(pipe, ["a star"])
+        with patch.apply(pipe):
+            assert not torch.allclose(base, _unet_step(pipe, ["a star"]))
