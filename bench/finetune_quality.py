@@ -1,5 +1,6 @@
 """Erasure quality with the gradient stage, side by side on the same model, prompts and seeds:
-ACE + fine-tuning vs ACE closed form vs UCE vs ESD-x, including the concept-inversion attack.
+ACE + fine-tuning vs ACE closed form (anchor targets, gated; zero targets, ungated) vs UCE vs ESD-x,
+including the concept-inversion attack (best of 3 tries per concept).
 
     python bench/finetune_quality.py [--concepts star skull kasimir zorbo] [--images 24]
 
@@ -21,12 +22,13 @@ from editflow.edits.erase import EraseJob, run_erase
 from editflow.evaluation.run import EvalJob, run_eval
 from editflow.models.pipeline import load_pipeline
 
-VARIANTS = {
-    "ace+adv": ("ace", {"mode": "adv"}),
-    "ace+fmn": ("ace", {"mode": "fmn"}),
-    "ace": ("ace", {}),
-    "uce": ("uce", {}),
-    "esd-x": ("esd-x", {}),
+VARIANTS = {  # name: (method, its options, fine-tuning)
+    "ace+adv": ("ace", {}, {"mode": "adv"}),
+    "ace+fmn": ("ace", {}, {"mode": "fmn"}),
+    "ace": ("ace", {}, {}),
+    "ace-zero": ("ace", {"target": "zero", "gated": False, "guidance": 2.0}, {}),
+    "uce": ("uce", {}, {}),
+    "esd-x": ("esd-x", {}, {}),
 }
 
 
@@ -43,8 +45,8 @@ def main() -> None:
     rows = []
     for concept in args.concepts:
         for variant in args.variants:
-            method, finetune = VARIANTS[variant]
-            patch, _ = run_erase(EraseJob([concept], method, finetune=finetune), pipe)
+            method, options, finetune = VARIANTS[variant]
+            patch, _ = run_erase(EraseJob([concept], method, options=options, finetune=finetune), pipe)
             path = patch.save(work / f"{concept}-{variant}.safetensors")
             outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache")), pipe)
             m = outcome.result.metrics

@@ -144,3 +144,35 @@ def test_real_size_architecture(arch, world_tokenizer):
         img = _one_step(pipe)
     assert np.isfinite(img).all()
     assert torch.equal(targets[first].weight, w0)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd21"])
+def test_inversion_and_fmn_steps_run_on_the_architecture(arch, small):
+    """One inversion and one FMN step at SD 1.5 / 2.1 layout (768 / 1024-d text, 77 tokens)."""
+    from PIL import Image
+
+    from editflow.finetune import FinetuneConfig
+    from editflow.finetune.fmn import fmn_finetune
+    from editflow.inversion import InversionConfig, invert
+
+    pipe = small(arch)
+    size, n_tokens = pipe.unet.config.sample_size, len(pipe.tokenizer)
+    pipe.unet.register_to_config(sample_size=8)  # 64 px images keep the steps cheap
+    try:
+        images = [Image.new("RGB", (64, 64), (200, 40, 40)), Image.new("RGB", (64, 64), (40, 40, 200))]
+        tok = invert(pipe, images, "<red>", InversionConfig(steps=2, batch=1))
+        assert tok.vectors.shape == (1, ARCHITECTURES[arch].context_dim) and len(pipe.tokenizer) == n_tokens
+        patch = get_method("ace").compute(pipe, _request(), get_method("ace").config_class())
+        cfg = FinetuneConfig(mode="fmn", steps=1, batch=1, fallbacks=1)
+        tuned, facts = fmn_finetune(pipe, patch, [("a red star", "star")], ["a circle"], cfg)
+        assert tuned.edit.rank == patch.edit.rank + cfg.extra_rank and np.isfinite(facts["loss"]["last"])
+    finally:
+        pipe.unet.register_to_config(sample_size=size)
+
+
+def test_sdxl_refuses_gradient_edits_clearly(small):
+    from editflow.errors import EditflowError
+    from editflow.inversion import invert
+
+    with pytest.raises(EditflowError, match="SD 1.x/2.x-style UNets"):
+        invert(small("sdxl"), [], "<x>")

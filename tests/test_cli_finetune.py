@@ -66,14 +66,15 @@ def test_erase_finetune_adv_writes_a_tuned_patch(tmp_path):
     assert patch.gate is not None and patch.edit.rank == patch.metadata["rank"]
 
 
-def test_erase_with_esd_x_trains_the_baseline(tmp_path):
+@pytest.mark.parametrize("method, rank", [("esd-x", 128), ("esd-u", 4)])
+def test_erase_with_esd_trains_the_baseline(tmp_path, method, rank):
     out = tmp_path / "esd.safetensors"
-    res = runner.invoke(app, ["erase", "--concept", "star", "--method", "esd-x", "--steps", "3", "--patch-only",
+    res = runner.invoke(app, ["erase", "--concept", "star", "--method", method, "--steps", "3", "--patch-only",
                               "--no-check", "--out", str(out)])
     assert res.exit_code == 0, res.output
     patch = Patch.load(out)
-    assert patch.metadata["method"] == "esd-x" and patch.metadata["config"]["esd_steps"] == 3
-    assert patch.gate is None and patch.edit.rank == 128
+    assert patch.metadata["method"] == method and patch.metadata["config"]["esd_steps"] == 3
+    assert patch.gate is None and patch.edit.rank == rank
 
 
 def test_erase_a_concept_given_only_by_images(tmp_path, star_pictures):

@@ -130,8 +130,8 @@ def test_patch_round_trip_and_wrong_base(pipe, tmp_path, world):
 
 
 def test_unknown_method_lists_valid():
-    assert available() == ["ace", "esd-x", "uce"]
-    with pytest.raises(ValueError, match="valid: ace, esd-x, uce"):
+    assert available() == ["ace", "esd-u", "esd-x", "uce"]
+    with pytest.raises(ValueError, match="valid: ace, esd-u, esd-x, uce"):
         get_method("esd")
 
 

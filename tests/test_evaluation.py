@@ -2,6 +2,7 @@
 
 import random
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +227,14 @@ def test_bad_gate_files_are_refused(data, message):
 
 def test_gate_files_load(tmp_path):
     assert Gates.load().bounds("object")  # the shipped defaults parse
+    robust = Gates.load(Path(__file__).resolve().parents[1] / "configs" / "gates" / "robust.yaml")
+    base = {"erasure_rate": 0.0, "leakage": 0.0, "specificity_neighbours": 1.0, "specificity_distant": 1.0,
+            "image_similarity_preserved": 1.0}
+    assert robust.judge({**base, "attack_success": 0.2}, "object").passed
+    assert not robust.judge({**base, "attack_success": 0.25}, "object").passed
+    missing = robust.judge({**base, "attack_success": None}, "object", {"attack_success": "not run (--no-attack)"})
+    assert not missing.passed and "--no-attack" in missing.failures()[0].reason
+    assert Gates.load().judge({**base, "attack_success": 0.9}, "object").passed  # reported, not gated by default
     (tmp_path / "g.yaml").write_text("default: {erasure_rate: {max: [}\n")
     with pytest.raises(EditflowError, match="not valid YAML"):
         Gates.load(tmp_path / "g.yaml")

@@ -145,6 +145,33 @@ def test_esd_target_matches_the_formula_on_hand_inputs():
     assert torch.allclose(to_v(esd_target(uncond, cond, 1.5)), esd_target(to_v(uncond), to_v(cond), 1.5))
 
 
+def test_esd_u_trains_a_self_attention_lora_patch(pipe, tmp_path):
+    from editflow.edits import Patch
+    from editflow.edits.export import lora_state_dict
+
+    state, procs = _state(pipe), _types(pipe.unet)
+    patch = get_method("esd-u").compute(pipe, _request(), ESDConfig(esd_steps=4, trajectories=2, sample_steps=3,
+                                                                   lora_rank=2))
+    assert not patch.edit.shared and patch.edit.rank == 2 and patch.gate is None
+    assert all(".attn1." in n for n in patch.edit.up) and len(patch.edit.up) == 4 * len(
+        [k for k in procs if "attn1" in k])
+    assert any(u.abs().sum() > 0 for u in patch.edit.up.values())
+    assert all(torch.equal(v, _state(pipe)[k]) for k, v in state.items())  # hooks gone, base untouched
+    back = Patch.load(patch.save(tmp_path / "u.safetensors"))
+    assert not back.edit.shared and all(torch.equal(back.edit.delta(n), patch.edit.delta(n)) for n in patch.edit.up)
+    sd = lora_state_dict(back)
+    name = sorted(patch.edit.up)[0]
+    assert torch.equal(sd[f"unet.{name}.lora_B.weight"] @ sd[f"unet.{name}.lora_A.weight"], patch.edit.delta(name))
+    with pytest.raises(Exception, match="merge"):
+        back.apply(pipe, mode="gated")
+    with torch.no_grad():
+        base = _unet_step(pipe, ["a star"])
+        with back.apply(pipe):
+            edited = _unet_step(pipe, ["a star"])
+        assert torch.equal(base, _unet_step(pipe, ["a star"]))
+    assert not torch.allclose(base, edited)
+
+
 def test_esd_x_trains_a_patch_and_leaves_the_base(pipe):
     state = _state(pipe)
     patch = get_method("esd-x").compute(pipe, _request(), ESDConfig(esd_steps=5, trajectories=2, sample_steps=3))

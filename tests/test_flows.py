@@ -113,7 +113,9 @@ def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, stor
     assert todo["champion"] == str(mv.version) and todo["missing"] == ["blade"]
     assert todo["erase"] == ["blade", "skull"]
     job = policy.job(todo["erase"])
-    assert job.concept_aliases == {"blade": ["sword"]} and job.model is None
+    assert job.concept_aliases == {"blade": ["sword"]} and job.model is None and job.finetune == {}
+    tuned = Policy.from_dict({"name": "p", "concepts": ["skull"], "finetune": {"mode": "adv", "rounds": 2}})
+    assert tuned.job(["skull"]).finetune == {"mode": "adv", "rounds": 2}
     fresh = Policy.from_dict({"name": "none-yet", "concepts": ["skull"]})
     assert plan(fresh, store.tracking_uri)["missing"] == ["skull"]
 
@@ -125,6 +127,8 @@ def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, stor
     ({"name": "x", "concepts": ["unicorn"]}, "unknown concept 'unicorn'"),
     ({"name": "x", "concepts": ["star"], "method": "esd"}, "unknown method 'esd'"),
     ({"name": "x", "concepts": [{"synonyms": ["a"]}]}, "a concept is a word"),
+    ({"name": "x", "concepts": ["star"], "finetune": "deep"}, "bad 'finetune'"),
+    ({"name": "x", "concepts": ["star"], "finetune": {"mode": "adv", "rounds": -1}}, "rounds must be >= 0"),
 ])
 def test_bad_policies_are_refused(data, message):
     from editflow.errors import EditflowError

@@ -17,6 +17,7 @@ class MethodName(str, Enum):
     ace = "ace"
     uce = "uce"
     esd_x = "esd-x"
+    esd_u = "esd-u"
 
 
 class Finetune(str, Enum):
@@ -34,6 +35,7 @@ class Target(str, Enum):
     anchor = "anchor"
     empty = "empty"
     fallback = "fallback"
+    zero = "zero"
 
 
 class Fmt(str, Enum):
@@ -105,7 +107,7 @@ def erase(
                                    "(Forget-Me-Not losses), adv (adversarial embeddings join the erase set, then "
                                    "the FMN steps), none.")] = Finetune.none,
     steps: Annotated[int | None, typer.Option(
-        min=0, help="Gradient steps: of --finetune on the patch's factors (default 50), or of --method esd-x's "
+        min=0, help="Gradient steps: of --finetune on the patch's factors (default 50), or of --method esd-x/esd-u's "
                     "training (default 200).")] = None,
     rounds: Annotated[int, typer.Option(min=0, help="--finetune adv: adversarial search rounds.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the fine-tuning and inversion.")] = 0,
@@ -125,7 +127,7 @@ def erase(
     the gates (report next to it) and, if it passes, registered as a new version of --register
     (alias candidate); exit 3 when a gate fails. --patch-only just writes the patch (seconds).
 
-    Methods: ace (default; gated closed form), uce (closed form), esd-x (fine-tuning baseline).
+    Methods: ace (default; gated closed form), uce (closed form), esd-x / esd-u (fine-tuning baselines).
     --finetune fmn|adv adds a short gradient stage on the patch's own factors (the base stays
     frozen); adv first hardens the patch against concept-inversion attacks. --images DIR learns a
     token from pictures of the concept (textual inversion) and erases it with the concept's words.
@@ -145,9 +147,10 @@ def erase(
     words = _read_concepts(concept, concepts_file)
     options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
                "guidance": guidance, "rank_energy": rank_energy, "seed": seed}
-    if method is MethodName.esd_x and steps is not None:
+    esd = method in (MethodName.esd_x, MethodName.esd_u)
+    if esd and steps is not None:
         options["esd_steps"] = steps
-    ft_steps = 50 if steps is None or method is MethodName.esd_x else steps
+    ft_steps = 50 if steps is None or esd else steps
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
                    finetune={"mode": finetune.value, "steps": ft_steps, "rounds": rounds, "seed": seed}
@@ -171,8 +174,8 @@ def erase(
     pipe = load_pipeline(model)
     req = build_request(job)
     b = bar(prompt_count(req), f"{method.value}: encode")
-    if method is MethodName.esd_x:
-        b = bar(job.options.get("esd_steps", 200), "esd-x: train")
+    if esd:
+        b = bar(job.options.get("esd_steps", 200), f"{method.value}: train")
     ft = bar(rounds * (finetune is Finetune.adv) + ft_steps * (finetune is not Finetune.none), "fine-tune")
 
     def tuned(event: str, info: dict) -> None:

@@ -44,8 +44,7 @@ def invert_cmd(
     in diffusers, or pass --patch to see whether an erased concept comes back.
     """
     from editflow.edits import Patch
-    from editflow.edits.erase import load_images
-    from editflow.inversion import InversionConfig, invert, learned_tokens
+    from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
     from editflow.models.pipeline import generate, load_pipeline, make_grid
 
     if (images is None) == (prompt is None):

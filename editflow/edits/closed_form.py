@@ -73,17 +73,25 @@ class EditStatistics:
 
 @dataclass
 class LowRankEdit:
-    """``ΔW_l = up[l] @ down`` for each target layer ``l``."""
+    """``ΔW_l = up[l] @ down`` for each target layer ``l``: one ``down`` shared by every layer
+    (closed-form edits of the text projections), or one per layer (a LoRA, e.g. ESD-u)."""
 
     up: dict[str, torch.Tensor]  # (out_l, r) each
-    down: torch.Tensor  # (r, d), shared
+    down: torch.Tensor | dict[str, torch.Tensor]  # (r, d) shared, or (r_l, in_l) per layer
+
+    @property
+    def shared(self) -> bool:
+        return torch.is_tensor(self.down)
 
     @property
     def rank(self) -> int:
-        return self.down.shape[0]
+        return self.down.shape[0] if self.shared else max((d.shape[0] for d in self.down.values()), default=0)
+
+    def down_for(self, name: str) -> torch.Tensor:
+        return self.down if self.shared else self.down[name]
 
     def delta(self, name: str) -> torch.Tensor:
-        return self.up[name] @ self.down
+        return self.up[name] @ self.down_for(name)
 
 
 def solve_edit(weights: dict[str, torch.Tensor], stats: EditStatistics, lam: float, erase_scale: float,

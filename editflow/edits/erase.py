@@ -2,8 +2,9 @@
 
 :class:`EraseJob` names the concepts, the method, its options and the base model;
 :func:`run_erase` builds the :class:`~editflow.edits.request.EraseRequest` (world-aware on the
-embedded model: synonyms, anchors, training-style contexts, default preserve set), computes the
-patch and returns it (the caller saves it).
+embedded model: synonyms, anchors, training-style contexts, default preserve set), inverts the
+concept's pictures into a token when given some (:mod:`editflow.inversion`), computes the patch,
+runs the gradient stage when asked (:mod:`editflow.finetune`) and returns it (the caller saves it).
 """
 
 from __future__ import annotations
@@ -90,26 +91,6 @@ def build_request(job: EraseJob) -> EraseRequest:
                          for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
 
 
-def load_images(folder: str | Path) -> list:
-    """The images in ``folder`` (png, jpg, jpeg, webp, bmp), sorted by name."""
-    from PIL import Image
-
-    path = Path(folder)
-    if not path.is_dir():
-        raise EditflowError(f"image folder not found: {folder}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-    if not files:
-        raise EditflowError(f"no images (png, jpg, webp, bmp) in {folder}")
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                images.append(im.convert("RGB"))
-        except OSError as exc:
-            raise EditflowError(f"cannot read image {f}: {exc}") from None
-    return images
-
-
 def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None,
               finetune_progress=None, images: list | None = None):
     """Compute the patch for ``job`` (loading its model unless ``pipe`` is given; building its
@@ -122,7 +103,7 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     """
     from editflow.edits.streaming import PreserveCache
     from editflow.finetune import FinetuneConfig, finetune
-    from editflow.inversion import InversionConfig, invert, learned_tokens
+    from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
     from editflow.models.pipeline import load_pipeline
 
     job.validate()

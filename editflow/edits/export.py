@@ -32,9 +32,9 @@ class ExportFormat(str, Enum):
 def lora_state_dict(patch: Patch, fmt: ExportFormat = ExportFormat.lora) -> dict[str, torch.Tensor]:
     if patch.edit.rank == 0:
         raise ValueError("the patch changes nothing (rank 0); there is no LoRA to export")
-    down = patch.edit.down.contiguous()
     sd: dict[str, torch.Tensor] = {}
     for name, up in patch.edit.up.items():
+        down = patch.edit.down_for(name).contiguous()
         if ExportFormat(fmt) is ExportFormat.lora:
             sd[f"unet.{name}.lora_A.weight"] = down.clone()
             sd[f"unet.{name}.lora_B.weight"] = up.contiguous()
@@ -42,7 +42,7 @@ def lora_state_dict(patch: Patch, fmt: ExportFormat = ExportFormat.lora) -> dict
             key = "lora_unet_" + name.replace(".", "_")
             sd[f"{key}.lora_down.weight"] = down.clone()
             sd[f"{key}.lora_up.weight"] = up.contiguous()
-            sd[f"{key}.alpha"] = torch.tensor(float(patch.edit.rank))
+            sd[f"{key}.alpha"] = torch.tensor(float(down.shape[0]))
     return sd
 
 

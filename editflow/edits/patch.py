@@ -50,13 +50,17 @@ class Patch:
 
     @property
     def targets(self) -> TargetSpec:
-        return TargetSpec(tuple(self.metadata.get("target_patterns", TargetSpec().patterns)))
+        return TargetSpec(tuple(self.metadata.get("target_patterns", TargetSpec().patterns)),
+                          bool(self.metadata.get("targets_read_text", True)))
 
     # -- storage ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         tensors = {f"up.{name}": t.contiguous() for name, t in self.edit.up.items()}
-        tensors["down"] = self.edit.down.contiguous()
+        if self.edit.shared:
+            tensors["down"] = self.edit.down.contiguous()
+        else:
+            tensors.update({f"down.{name}": t.contiguous() for name, t in self.edit.down.items()})
         if self.gate is not None:
             tensors.update({f"gate.{k}": v.contiguous() for k, v in self.gate.tensors().items()})
         for t in self.tokens:
@@ -91,7 +95,10 @@ class Patch:
         from editflow.inversion.tokens import LearnedTokens
 
         tokens = [LearnedTokens(k[6:], v) for k, v in tensors.items() if k.startswith("token.")]
-        return cls(LowRankEdit(up=up, down=tensors["down"]), gate, json.loads(meta["metadata"]), tokens)
+        down = tensors.get("down")
+        if down is None:
+            down = {k[5:]: v for k, v in tensors.items() if k.startswith("down.")}
+        return cls(LowRankEdit(up=up, down=down), gate, json.loads(meta["metadata"]), tokens)
 
     # -- application ------------------------------------------------------------------------
     def check_base(self, unet: torch.nn.Module) -> None:
@@ -109,6 +116,8 @@ class Patch:
             raise ValueError(f"unknown apply mode {mode!r}; valid: auto, merge, gated")
         if mode == "gated" and self.gate is None:
             raise EditflowError("this patch has no gate; apply it with mode 'merge'")
+        if mode == "gated" and not self.edit.shared:
+            raise EditflowError("a per-layer (LoRA) patch applies in mode 'merge'")
         unet = pipe.unet
         self.check_base(unet)
         modules = self.targets.find(unet)

@@ -18,9 +18,14 @@ DEFAULT_PATTERNS = ("*attn2.to_k", "*attn2.to_v")
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """Glob patterns over ``unet.named_modules()`` names; each match must be a bias-free Linear."""
+    """Glob patterns over ``unet.named_modules()`` names; each match must be a Linear.
+
+    ``reads_text`` (closed-form edits, ESD-x): the matches are bias-free projections of the text
+    features, all of one input width. Edits of other layers (ESD-u's self-attention) set it False.
+    """
 
     patterns: tuple[str, ...] = field(default=DEFAULT_PATTERNS)
+    reads_text: bool = True
 
     def find(self, unet: torch.nn.Module) -> dict[str, torch.nn.Linear]:
         found = {name: m for name, m in unet.named_modules()
@@ -30,6 +35,9 @@ class TargetSpec:
         for name, m in found.items():
             if not isinstance(m, torch.nn.Linear):
                 raise ValueError(f"target {name} is a {type(m).__name__}, not a Linear")
+        if not self.reads_text:
+            return dict(sorted(found.items()))
+        for name, m in found.items():
             if m.bias is not None:
                 raise ValueError(f"target {name} has a bias; closed-form edits expect bias-free projections")
         widths = {m.in_features for m in found.values()}

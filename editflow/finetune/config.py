@@ -19,7 +19,7 @@ class FinetuneConfig:
 
     mode: FinetuneMode = field(default=FinetuneMode.none, metadata={"help": "none, fmn or adv"})
     steps: int = field(default=50, metadata={"help": "gradient steps on the patch's factors (FMN losses)"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the factors"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the factors (1e-3 undid the erasure)"})
     batch: int = field(default=4, metadata={"help": "erase prompts per step (and as many preserve prompts)"})
     resteer_weight: float = field(default=1.0, metadata={"help": "FMN attention re-steering loss weight"})
     denoise_weight: float = field(default=1.0, metadata={"help": "FMN visual denoising loss weight"})

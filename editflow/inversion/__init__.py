@@ -4,7 +4,8 @@ Used to name concepts that words miss (erase targets) and to attack erased model
 2023, "Circumventing Concept Erasure Methods for Text-to-Image Generative Models").
 """
 
+from editflow.inversion.images import load_images
 from editflow.inversion.invert import InversionConfig, invert
 from editflow.inversion.tokens import LearnedTokens, learned_tokens
 
-__all__ = ["InversionConfig", "LearnedTokens", "invert", "learned_tokens"]
+__all__ = ["InversionConfig", "LearnedTokens", "invert", "learned_tokens", "load_images"]

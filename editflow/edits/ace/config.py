@@ -8,6 +8,7 @@ class NeutralTarget(str, Enum):
     anchor = "anchor"  # the concept's anchor word (empty anchor = the template without the concept)
     empty = "empty"  # the empty prompt ""
     fallback = "fallback"  # the same prompt with the concept's tokens masked out of the encoder's attention
+    zero = "zero"  # nullification: the concept's features map to zero keys/values (−η c with guidance η)
 
 
 @dataclass

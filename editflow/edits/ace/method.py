@@ -44,6 +44,8 @@ class ACE:
         weights = {n: m.weight.detach() for n, m in targets.find(pipe.unet).items()}
         if config.target is NeutralTarget.empty:
             targets_fn = lambda prompts, words, c: encode(pipe, [""]).expand(len(prompts), -1, -1)  # noqa: E731
+        elif config.target is NeutralTarget.zero:
+            targets_fn = lambda prompts, words, c: torch.zeros_like(c)  # noqa: E731
         elif config.target is NeutralTarget.fallback:
             targets_fn = lambda prompts, words, c: fallback_targets(pipe, prompts, words, c)  # noqa: E731
         else:

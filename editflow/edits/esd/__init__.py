@@ -5,5 +5,6 @@ from editflow.edits.esd.method import ESD, esd_target
 from editflow.edits.registry import register
 
 register(ESD("esd-x"))
+register(ESD("esd-u"))
 
 __all__ = ["ESD", "ESDConfig", "esd_target"]

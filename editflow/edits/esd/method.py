@@ -1,4 +1,4 @@
-"""ESD-x (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023, eq. 3):
+"""ESD-x and ESD-u (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023, eq. 3):
 
     ε_θ(x_t, c, t)  ←  ε_θ*(x_t, t) − η [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)]
 
@@ -8,14 +8,21 @@ concept's prompts. The right-hand side is an affine combination (weights 1 + η 
 holds as written in any prediction parameterisation affine in ε for a given ``x_t``
 (ε, v, x0): editflow applies it to whatever the UNet predicts.
 
-editflow trains the cross-attention keys and values (``attn2.to_k``/``to_v``, the layers that
-read the text: the paper's ESD-x trains all of cross-attention) as a full-rank delta
-``ΔW_l = up_l @ I``, so the result is a patch like every other method's (merge mode, base frozen).
+Both train a patch with the base frozen (merge mode):
+
+* ``esd-x`` the cross-attention keys and values (``attn2.to_k``/``to_v``, the layers that read
+  the text; the paper's ESD-x trains all of cross-attention) as a full-rank delta
+  ``ΔW_l = up_l @ I``, applied through editflow's attention processor;
+* ``esd-u`` the layers that do not read the text (the paper: all non-cross-attention weights;
+  editflow: a rank-``lora_rank`` LoRA on every self-attention projection ``attn1.to_q/k/v/out``),
+  applied through forward hooks on those Linear layers.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -53,35 +60,66 @@ def trajectories(pipe, prompts: list[str], seeds: list[int], steps: int) -> list
     return out
 
 
+ESD_U_PATTERNS = ("*attn1.to_q", "*attn1.to_k", "*attn1.to_v", "*attn1.to_out.0")
+
+
+@contextmanager
+def linear_deltas(modules: dict[str, torch.nn.Linear], up: dict[str, torch.Tensor], down: dict[str, torch.Tensor]
+                  ) -> Iterator[None]:
+    """``y = W x + b + up (down x)`` on each module for the ``with`` block (forward hooks, removed after)."""
+    handles = [m.register_forward_hook(lambda mod, args, out, n=n: out + (args[0] @ down[n].T) @ up[n].T)
+               for n, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class ESD:
-    """The ESD-x fine-tuning baseline as an edit method (``editflow erase --method esd-x``)."""
+    """The ESD fine-tuning baselines as edit methods (``editflow erase --method esd-x|esd-u``)."""
 
     config_class = ESDConfig
 
     def __init__(self, name: str = "esd-x"):
+        if name not in ("esd-x", "esd-u"):
+            raise ValueError(f"unknown ESD variant {name!r}")
         self.name = name
+
+    def _factors(self, unet, modules: dict[str, torch.nn.Linear], config: ESDConfig, gen: torch.Generator):
+        """(up, down, installer): trainable factors and a context manager putting them in effect."""
+        names = sorted(modules)
+        if self.name == "esd-x":
+            d = modules[names[0]].in_features
+            eye = torch.eye(d)
+            up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, d)) for n in names}
+
+            def delta_for(attn_name: str):
+                k, v = up.get(f"{attn_name}.to_k"), up.get(f"{attn_name}.to_v")
+                return None if k is None and v is None else LowRankDelta(eye, k, v)
+
+            return up, eye, lambda: attention_processors(unet, lambda n: CrossAttnProcessor(n, delta_for(n)))
+        r = config.lora_rank
+        up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, r)) for n in names}
+        down = {n: torch.nn.Parameter(torch.randn(r, modules[n].in_features, generator=gen)
+                                      / modules[n].in_features ** 0.5) for n in names}
+        return up, down, lambda: linear_deltas(modules, up, down)
 
     def compute(self, pipe, request: EraseRequest, config: ESDConfig, targets: TargetSpec | None = None,
                 cache=None, progress=None) -> Patch:
         D.check_trainable(pipe)
-        targets = targets or TargetSpec()
+        if targets is None:
+            targets = TargetSpec() if self.name == "esd-x" else TargetSpec(ESD_U_PATTERNS, reads_text=False)
         modules = targets.find(pipe.unet)
-        d = next(iter(modules.values())).in_features
+        gen = torch.Generator().manual_seed(config.seed)
         rng = random.Random(config.seed)
         prompts = [p for p, _, _ in erase_pairs(request)]
         picks = [prompts[i % len(prompts)] for i in rng.sample(range(max(len(prompts), config.trajectories)),
                                                                config.trajectories)]
         pool = trajectories(pipe, picks, [config.seed * 7907 + i for i in range(len(picks))], config.sample_steps)
-        names = sorted(modules)
-        up = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(modules[n].out_features, d)) for n in names])
-        eye = torch.eye(d)
-        ups = dict(zip(names, up))
-
-        def delta_for(attn_name: str):
-            k, v = ups.get(f"{attn_name}.to_k"), ups.get(f"{attn_name}.to_v")
-            return None if k is None and v is None else LowRankDelta(eye, k, v)
-
-        opt = torch.optim.Adam(up.parameters(), lr=config.esd_lr)
+        up, down, in_effect = self._factors(pipe.unet, modules, config, gen)
+        params = list(up.values()) + (list(down.values()) if isinstance(down, dict) else [])
+        opt = torch.optim.Adam(params, lr=config.esd_lr)
         with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)):
             with torch.no_grad():
                 empty = D.text_features(pipe, [""])
@@ -94,7 +132,7 @@ class ESD:
                     cond = D.unet_output(pipe, x_t, t, c)
                     uncond = D.unet_output(pipe, x_t, t, empty.expand(len(batch), -1, -1))
                     goal = esd_target(uncond, cond, config.eta)
-                with attention_processors(pipe.unet, lambda n: CrossAttnProcessor(n, delta_for(n))):
+                with in_effect():
                     pred = D.unet_output(pipe, x_t, t, c)
                 loss = torch.nn.functional.mse_loss(pred, goal)
                 opt.zero_grad(set_to_none=True)
@@ -102,6 +140,9 @@ class ESD:
                 opt.step()
                 if progress is not None:
                     progress(1)
-        edit = LowRankEdit({n: u.detach().clone() for n, u in zip(names, up)}, eye.clone())
+        edit = LowRankEdit({n: u.detach().clone() for n, u in up.items()},
+                           {n: v.detach().clone() for n, v in down.items()} if isinstance(down, dict)
+                           else down.clone())
         return Patch(edit, None, metadata(pipe, request, self.name, config, targets,
-                                          {"rank": d, "gated": False, "loss_last": loss.item()}))
+                                          {"rank": edit.rank, "gated": False, "loss_last": loss.item(),
+                                           "targets_read_text": targets.reads_text}))
