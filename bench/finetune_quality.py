@@ -1,8 +1,8 @@
 """Erasure quality with the gradient stage, side by side on the same model, prompts and seeds:
-ACE + fine-tuning vs ACE closed form (anchor targets, gated; zero targets, ungated) vs UCE vs ESD-x,
+ACE + fine-tuning vs ACE closed form (anchor targets, gated; zero targets, ungated) vs UCE vs ESD-x/u,
 including the concept-inversion attack (best of 3 tries per concept).
 
-    python bench/finetune_quality.py [--concepts star skull kasimir zorbo] [--images 24]
+    python bench/finetune_quality.py [--concepts star kasimir zorbo] [--variants ...] [--images 24]
 
 Each patch is computed and judged as `editflow erase --patch-only [--finetune ...]` and
 `editflow eval` do (``run_erase``, ``run_eval`` with the attack on). Specificity is the
@@ -29,12 +29,13 @@ VARIANTS = {  # name: (method, its options, fine-tuning)
     "ace-zero": ("ace", {"target": "zero", "gated": False, "guidance": 2.0}, {}),
     "uce": ("uce", {}, {}),
     "esd-x": ("esd-x", {}, {}),
+    "esd-u": ("esd-u", {}, {}),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--concepts", nargs="+", default=["star", "skull", "kasimir", "zorbo"])
+    ap.add_argument("--concepts", nargs="+", default=["star", "kasimir", "zorbo"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)

@@ -33,8 +33,11 @@ CACHE = dict(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=
 
 
 @task(name="erase", **CACHE)
-def erase_task(job: dict, out: str) -> dict:
-    """Compute the patch and write it to ``out``; returns its path and summary."""
+def erase_task(job: dict, out: str, images_hash: str | None = None) -> dict:
+    """Compute the patch and write it to ``out``; returns its path and summary.
+
+    ``images_hash`` keys the cache on the content of ``job["images"]`` (a folder the user may refill).
+    """
     from editflow.edits.erase import run_erase
 
     patch, request = run_erase(EraseJob(**job))
@@ -87,6 +90,19 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _folder_hash(folder: str | None) -> str | None:
+    """sha256 over the names and bytes of a folder's files (``None`` for no folder)."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 @flow(name="editflow-erase", log_prints=True)
 def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images: int = 24,
                tracking_uri: str | None = None, eval_cache_dir: str | None = None, fan_out: bool = False,
@@ -96,10 +112,11 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     ``eval_options`` are further :class:`~editflow.evaluation.run.EvalJob` fields (``attack_steps``, ...).
     """
     clock = {"start": time.perf_counter()}
-    erased_state = _run(erase_task, job, out)
+    images_hash = _folder_hash(job.get("images"))
+    erased_state = _run(erase_task, job, out, images_hash)
     erased = erased_state.result()
     if not Path(erased["patch"]).is_file():  # a cached result whose file is gone: recompute
-        erased_state = _run(erase_task.with_options(refresh_cache=True), job, out)
+        erased_state = _run(erase_task.with_options(refresh_cache=True), job, out, images_hash)
         erased = erased_state.result()
     clock["erase"] = time.perf_counter()
     eval_job = EvalJob(patch=erased["patch"], model=job.get("model"), gates=gates, images=images,

@@ -106,14 +106,24 @@ def _flat(prefix: str, d: dict) -> dict[str, str]:
 
 def model_card(meta: dict, report: dict, base: str) -> str:
     concepts = ", ".join(c["name"] for c in meta.get("concepts", []))
+    words = [w for c in meta.get("concepts", []) for w in c.get("aliases", []) if not w.startswith("<adv-")]
     lines = [f"# Erasure patch: {concepts}", "",
              f"- **method**: {meta.get('method')} (editflow {meta.get('editflow_version')})",
              f"- **base model**: {base} (target hash `{str(meta.get('base_hash', ''))[:16]}`)",
              f"- **concepts erased**: {concepts}",
-             f"- **words covered**: {', '.join(w for c in meta.get('concepts', []) for w in c.get('aliases', []))}",
+             f"- **words covered**: {', '.join(words)}",
              f"- **preserved**: {', '.join(meta.get('preserve', []))}",
-             f"- **gates**: {'passed' if report.get('passed') else 'FAILED'} ({report.get('gates', {}).get('source')})",
-             "", "## Gate results", "", "| metric | value | bound | result |", "|---|---:|---|---|"]
+             f"- **gates**: {'passed' if report.get('passed') else 'FAILED'} ({report.get('gates', {}).get('source')})"]
+    ft = meta.get("finetune")
+    if ft:
+        lines.append(f"- **fine-tuning**: {ft['config']['mode']}, {ft['config']['steps']} steps, "
+                     f"{len(ft.get('adversarial', []))} adversarial embeddings in the erase set")
+    metrics = report.get("metrics", {})
+    if metrics.get("attack_success") is not None:
+        lines.append(f"- **concept-inversion attack**: brings the concept back in "
+                     f"{metrics['attack_success']:.0%} of images (best of the evaluation's tries; "
+                     f"memorization score {metrics.get('memorization_score') or 0:.2f})")
+    lines += ["", "## Gate results", "", "| metric | value | bound | result |", "|---|---:|---|---|"]
     for c in report.get("gates", {}).get("checks", []):
         value = "—" if c["value"] is None else f"{c['value']:.3f}"
         lines.append(f"| {c['metric']} | {value} | {c['bound']} | {'pass' if c['passed'] else 'FAIL'} |")
@@ -261,7 +271,8 @@ def describe(name: str | None = None, store: Store | None = None) -> list[dict]:
         out.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
                     "tags": {k: t for k, t in v.tags.items() if k.startswith("editflow.")},
                     "metrics": {k: run.data.metrics[k] for k in ("erasure_rate", "leakage", "specificity",
-                                                                  "harmonic_score") if k in run.data.metrics},
+                                                                  "harmonic_score", "attack_success")
+                                if k in run.data.metrics},
                     "run_id": v.run_id})
     return out
 

@@ -101,8 +101,9 @@ def test_images_join_a_named_concept(tmp_path, star_pictures):
     (["--images", "{pics}"], "needs --token"),
     (["--images", "{pics}", "--token", "<m>"], "--patch-only"),
     (["--images", "{pics}", "--token", "m", "--patch-only"], "angle brackets"),
+    (["--concept", "star", "--method", "esd-u", "--finetune", "fmn", "--patch-only"], "already trained"),
 ])
-def test_erase_images_bad_input_is_one_line(tmp_path, star_pictures, args, message):
+def test_erase_bad_input_is_one_line(tmp_path, star_pictures, args, message):
     args = [a.replace("{pics}", str(star_pictures)) for a in args]
     res = runner.invoke(app, ["erase", *args, "--out", str(tmp_path / "x.safetensors")])
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output

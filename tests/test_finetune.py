@@ -172,9 +172,11 @@ def test_esd_u_trains_a_self_attention_lora_patch(pipe, tmp_path):
     assert not torch.allclose(base, edited)
 
 
-def test_esd_x_trains_a_patch_and_leaves_the_base(pipe):
+@pytest.mark.parametrize("preserve_weight", [0.0, 1.0])
+def test_esd_x_trains_a_patch_and_leaves_the_base(pipe, preserve_weight):
     state = _state(pipe)
-    patch = get_method("esd-x").compute(pipe, _request(), ESDConfig(esd_steps=5, trajectories=2, sample_steps=3))
+    patch = get_method("esd-x").compute(pipe, _request(), ESDConfig(esd_steps=5, trajectories=2, sample_steps=3,
+                                                                   preserve_weight=preserve_weight))
     d = pipe.text_encoder.config.hidden_size
     assert patch.gate is None and patch.edit.rank == d and torch.equal(patch.edit.down, torch.eye(d))
     assert any(u.abs().sum() > 0 for u in patch.edit.up.values())

@@ -18,7 +18,6 @@ runner = CliRunner()
 FAST = ["--images", "4", "--steps", "8", "--attack-steps", "10", "--attack-restarts", "1"]
 
 
-
 @pytest.fixture
 def store(tmp_path):
     return Store(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())
@@ -39,6 +38,7 @@ def test_passing_patch_becomes_a_candidate_version_with_everything_a_reviewer_ne
     assert mv.tags["editflow.method"] == "ace" and mv.tags["editflow.base_model"] == "embedded"
     assert len(mv.tags["editflow.base_hash"]) == 64
     assert "# Erasure patch: star" in mv.description and "| erasure_rate |" in mv.description
+    assert "concept-inversion attack" in mv.description  # the robustness the evaluation measured
     run = client.get_run(reg.run_id)
     assert run.data.metrics["erasure_rate"] <= 0.05 and run.data.params["method"] == "ace"
     arts = {a.path for a in client.list_artifacts(reg.run_id, "report")}

@@ -40,6 +40,9 @@ class EraseJob:
             raise EditflowError("name at least one concept to erase")
         if self.aliases and len(self.concepts) != 1:
             raise EditflowError("--alias names one concept: give exactly one --concept with it")
+        if self.finetune.get("mode", "none") != "none" and self.method not in ("ace", "uce"):
+            raise EditflowError(f"--finetune starts from a closed-form patch (ace, uce); {self.method} is "
+                                "already trained by gradient")
         if self.images is not None and len(self.concepts) != 1:
             raise EditflowError("--images shows one concept: give exactly one --concept (or --token) with it")
         if self.model is None and not self.images_only:

@@ -17,8 +17,8 @@ from enum import Enum
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from editflow import tensorfile
 from editflow.edits.patch import Patch
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -51,11 +51,7 @@ def export_lora(patch: Patch, out: str | Path, fmt: ExportFormat = ExportFormat.
     fmt = ExportFormat(fmt)
     out = Path(out)
     path = out / LORA_WEIGHT_NAME if fmt is ExportFormat.lora and out.suffix != ".safetensors" else out
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"editflow_method": str(patch.metadata.get("method", "")),
             "editflow_base_hash": str(patch.metadata.get("base_hash", "")),
             "editflow_gate_dropped": str(patch.gate is not None).lower()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(lora_state_dict(patch, fmt), tmp, metadata=meta)
-    tmp.replace(path)
-    return path
+    return tensorfile.write(path, lora_state_dict(patch, fmt), meta)

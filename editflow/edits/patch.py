@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from editflow import tensorfile
 from editflow.edits.attention import CrossAttnProcessor, install, restore
 from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.gate import Gate, LowRankDelta
@@ -68,23 +67,11 @@ class Patch:
         meta = {"format": FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}
         if self.gate is not None:
             meta["gate"] = json.dumps(self.gate.params())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, tmp, metadata=meta)
-        tmp.replace(path)  # never leave a half-written patch behind
-        return path
+        return tensorfile.write(path, tensors, meta)  # never leaves a half-written patch behind
 
     @classmethod
     def load(cls, path: str | Path) -> Patch:
-        path = Path(path)
-        if not path.is_file():
-            raise EditflowError(f"patch not found: {path}")
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types
-            raise EditflowError(f"{path} is not a safetensors patch: {exc}") from None
+        tensors, meta = tensorfile.read(path, "patch")
         if meta.get("format") != FORMAT:
             raise EditflowError(f"{path} is not an editflow patch (format {meta.get('format')!r})")
         up = {k[3:]: v for k, v in tensors.items() if k.startswith("up.")}

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from editflow import tensorfile
 from editflow.errors import EditflowError
 
 FORMAT = "editflow-tokens/1"
@@ -38,25 +37,13 @@ class LearnedTokens:
         return template.format(self.token)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({self.token: self.vectors.detach().float().contiguous()}, tmp,
-                  metadata={"format": FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)})
-        tmp.replace(path)
-        return path
+        return tensorfile.write(path, {self.token: self.vectors.detach().float()},
+                                {"format": FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)})
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedTokens:
-        path = Path(path)
-        if not path.is_file():
-            raise EditflowError(f"token embedding file not found: {path}")
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta, keys = f.metadata() or {}, list(f.keys())
-                tensors = {k: f.get_tensor(k) for k in keys}
-        except Exception as exc:  # safetensors raises its own error types
-            raise EditflowError(f"{path} is not a safetensors embedding: {exc}") from None
+        tensors, meta = tensorfile.read(path, "token embedding")
+        keys = list(tensors)
         if len(keys) != 1:
             raise EditflowError(f"{path} holds {len(keys)} tensors; a textual-inversion file holds one token")
         token = keys[0]

@@ -8,7 +8,9 @@ concept's prompts. The right-hand side is an affine combination (weights 1 + η 
 holds as written in any prediction parameterisation affine in ε for a given ``x_t``
 (ε, v, x0): editflow applies it to whatever the UNet predicts.
 
-Both train a patch with the base frozen (merge mode):
+With ``preserve_weight`` > 0 (editflow's addition; 0 as published) the patched model's predictions
+on the request's preserved prompts are also pulled to the frozen model's. Both train a patch with
+the base frozen (merge mode):
 
 * ``esd-x`` the cross-attention keys and values (``attn2.to_k``/``to_v``, the layers that read
   the text; the paper's ESD-x trains all of cross-attention) as a full-rank delta
@@ -31,7 +33,7 @@ from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.esd.config import ESDConfig
 from editflow.edits.gate import LowRankDelta
 from editflow.edits.patch import Patch
-from editflow.edits.request import EraseRequest, erase_pairs
+from editflow.edits.request import EraseRequest, erase_pairs, preserve_pairs
 from editflow.edits.targets import TargetSpec
 from editflow.edits.uce.method import metadata
 from editflow.models import diffusion as D
@@ -114,6 +116,7 @@ class ESD:
         gen = torch.Generator().manual_seed(config.seed)
         rng = random.Random(config.seed)
         prompts = [p for p, _, _ in erase_pairs(request)]
+        keep = [p for p, _ in preserve_pairs(request)]
         picks = [prompts[i % len(prompts)] for i in rng.sample(range(max(len(prompts), config.trajectories)),
                                                                config.trajectories)]
         pool = trajectories(pipe, picks, [config.seed * 7907 + i for i in range(len(picks))], config.sample_steps)
@@ -135,6 +138,13 @@ class ESD:
                 with in_effect():
                     pred = D.unet_output(pipe, x_t, t, c)
                 loss = torch.nn.functional.mse_loss(pred, goal)
+                if config.preserve_weight and keep:
+                    with torch.no_grad():
+                        kf = D.text_features(pipe, [rng.choice(keep) for _ in batch])
+                        base = D.unet_output(pipe, x_t, t, kf)
+                    with in_effect():
+                        loss = loss + config.preserve_weight * torch.nn.functional.mse_loss(
+                            D.unet_output(pipe, x_t, t, kf), base)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
