@@ -32,13 +32,14 @@ def test_tokens_round_trip_and_load_in_diffusers(pipe, tmp_path):
     back = LearnedTokens.load(path)
     assert back.token == "<mine>" and torch.equal(back.vectors, tok.vectors) and back.metadata == {"concept": "star"}
     n, rows = len(pipe.tokenizer), pipe.text_encoder.get_input_embeddings().weight.shape[0]
-    pipe.load_textual_inversion(str(path))  # the file is diffusers' own format
-    assert pipe.tokenizer.convert_tokens_to_ids("<mine>_1") == n + 1
-    pipe.unload_textual_inversion()
     with learned_tokens(pipe, back):
         feats = pipe.encode_prompt("a <mine>", "cpu", 1, False)[0]
         assert len(pipe.tokenizer) == n + 2
     assert len(pipe.tokenizer) == n and pipe.text_encoder.get_input_embeddings().weight.shape[0] == rows
+    assert pipe.text_encoder.config.vocab_size == rows  # a pipeline saved afterwards reloads
+    pipe.load_textual_inversion(str(path))  # the file is diffusers' own format
+    assert pipe.tokenizer.convert_tokens_to_ids("<mine>_1") == n + 1
+    pipe.unload_textual_inversion()
     assert torch.isfinite(feats).all()
 
 

@@ -73,12 +73,14 @@ def learned_tokens(pipe, *tokens: LearnedTokens) -> Iterator[None]:
     if len({t.token for t in tokens}) != len(tokens):
         raise EditflowError("two learned embeddings share a token name")
     te = pipe.text_encoder
+    vocab_size = te.config.vocab_size
     pipe.load_textual_inversion([{t.token: t.vectors.to(te.device, te.dtype)} for t in tokens],
                                 token=[t.token for t in tokens])
     try:
         yield
     finally:
         pipe.unload_textual_inversion()
+        te.config.vocab_size = vocab_size  # diffusers 0.42 shrinks the table but leaves the config grown
 
 
 def token_ids(pipe, token: str, n: int) -> list[int]:
