@@ -86,11 +86,12 @@ def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator,
     """Run :func:`inversion_attack` for every erased concept of an
     :class:`~editflow.evaluation.evaluate.EvalResult` (its original target images are the
     references) and record ``attack_success`` and ``memorization_score`` in it."""
+    from editflow.errors import EditflowError
     from editflow.models.diffusion import check_trainable
 
     try:
         check_trainable(pipe)
-    except Exception as exc:  # an SDXL-style UNet: report why, never a number
+    except EditflowError as exc:  # an SDXL-style UNet: report why, never a number
         for k in ("attack_success", "memorization_score"):
             result.metrics[k] = None
             result.absent[k] = str(exc).split(":")[0]
