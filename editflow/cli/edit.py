@@ -132,7 +132,8 @@ def erase(
     frozen); adv first hardens the patch against concept-inversion attacks. --images DIR learns a
     token from pictures of the concept (textual inversion) and erases it with the concept's words.
     """
-    from editflow.edits.erase import EraseJob, build_request, prompt_count, run_erase
+    from editflow.edits.erase import EraseJob, build_request, method_config, prompt_count, run_erase
+    from editflow.finetune import FinetuneConfig
     from editflow.models.pipeline import load_pipeline
 
     if images is not None and not concept and not concepts_file:
@@ -148,13 +149,12 @@ def erase(
     options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
                "guidance": guidance, "rank_energy": rank_energy, "seed": seed}
     esd = method in (MethodName.esd_x, MethodName.esd_u)
-    if esd and steps is not None:
-        options["esd_steps"] = steps
-    ft_steps = 50 if steps is None or esd else steps
+    tuning = {"mode": finetune.value, "rounds": rounds, "seed": seed} if finetune is not Finetune.none else {}
+    if steps is not None:  # the method's training (ESD) or the fine-tuning stage; each has its default
+        (options if esd else tuning)["esd_steps" if esd else "steps"] = steps
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
-                   finetune={"mode": finetune.value, "steps": ft_steps, "rounds": rounds, "seed": seed}
-                   if finetune is not Finetune.none else {},
+                   finetune=tuning,
                    images=str(images) if images is not None else None, image_token=token)
     job.validate()
     if model is not None and register is not None and not patch_only:
@@ -173,10 +173,10 @@ def erase(
         return
     pipe = load_pipeline(model)
     req = build_request(job)
-    b = bar(prompt_count(req), f"{method.value}: encode")
-    if esd:
-        b = bar(job.options.get("esd_steps", 200), f"{method.value}: train")
-    ft = bar(rounds * (finetune is Finetune.adv) + ft_steps * (finetune is not Finetune.none), "fine-tune")
+    b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
+         else bar(prompt_count(req), f"{method.value}: encode"))
+    plan = FinetuneConfig(**job.finetune)
+    ft = bar(plan.rounds * (finetune is Finetune.adv) + plan.steps * (finetune is not Finetune.none), "fine-tune")
 
     def tuned(event: str, info: dict) -> None:
         ft.update(1)

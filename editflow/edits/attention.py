@@ -147,6 +147,16 @@ def attention_processors(unet, make: Callable[[str], object | None]) -> Iterator
         restore(unet, saved)
 
 
+def delta_processors(delta_for: Callable[[str], KVDelta | None]) -> Callable[[str], CrossAttnProcessor | None]:
+    """A processor factory for :func:`install` / :func:`attention_processors`: each layer with a
+    delta gets one, the others keep theirs."""
+    def make(name: str) -> CrossAttnProcessor | None:
+        delta = delta_for(name)
+        return None if delta is None else CrossAttnProcessor(name, delta)
+
+    return make
+
+
 @contextmanager
 def capture_attention(unet, delta_for: Callable[[str], KVDelta | None] | None = None
                       ) -> Iterator[list[tuple[str, torch.Tensor]]]:

@@ -95,11 +95,11 @@ def build_request(job: EraseJob) -> EraseRequest:
 
 
 def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None,
-              finetune_progress=None, images: list | None = None):
+              finetune_progress=None):
     """Compute the patch for ``job`` (loading its model unless ``pipe`` is given; building its
     request unless the caller built it already with :func:`build_request`).
 
-    With ``job.images`` (or ``images`` given) the concept's images are first inverted into a token
+    With ``job.images`` the concept's images are first inverted into a token
     (:mod:`editflow.inversion`) that joins its words; with ``job.finetune`` the closed-form patch
     then goes through the gradient stage (:mod:`editflow.finetune`), whose ``finetune_progress``
     gets ``(event, info)``.
@@ -118,8 +118,8 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     method = get_method(job.method)
     t0 = time.perf_counter()
     tokens, shown = [], {}
-    if job.images is not None or images is not None:
-        images = images if images is not None else load_images(job.images)
+    if job.images is not None:
+        images = load_images(job.images)
         tok = invert(pipe, images, job.token_name(), InversionConfig(seed=ft.seed))
         tok.metadata["concept"] = request.concepts[0].name
         tokens, shown = [tok], {request.concepts[0].name: images}

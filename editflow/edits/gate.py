@@ -87,6 +87,13 @@ def _threshold(r_erase: torch.Tensor, r_keep: torch.Tensor) -> tuple[float, floa
     return tau, max(spread / 10, 0.05)
 
 
+def layer_delta(attn_name: str, up: dict, down, gate: Gate | None = None) -> LowRankDelta | None:
+    """The delta of cross-attention layer ``attn_name`` from per-projection ``up`` factors (keyed by
+    ``<layer>.to_k`` / ``<layer>.to_v``); ``None`` when the edit does not touch the layer."""
+    k, v = up.get(f"{attn_name}.to_k"), up.get(f"{attn_name}.to_v")
+    return None if k is None and v is None else LowRankDelta(down, k, v, gate)
+
+
 class LowRankDelta:
     """``δ(c) = g(c) · (c downᵀ) upᵀ`` for one layer's key and value (``g = 1`` without a gate).
 

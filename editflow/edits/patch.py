@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from editflow import tensorfile
-from editflow.edits.attention import CrossAttnProcessor, install, restore
+from editflow.edits.attention import delta_processors, install, restore
 from editflow.edits.closed_form import LowRankEdit
-from editflow.edits.gate import Gate, LowRankDelta
+from editflow.edits.gate import Gate, layer_delta
 from editflow.edits.targets import TargetSpec
 from editflow.errors import EditflowError
 
@@ -135,15 +135,8 @@ class AppliedPatch:
                 with torch.no_grad():
                     modules[name].weight.copy_(new)
         else:
-            up = patch.edit.up
-
-            def make(name: str):
-                k, v = f"{name}.to_k", f"{name}.to_v"
-                if k not in up and v not in up:
-                    return None
-                return CrossAttnProcessor(name, LowRankDelta(patch.edit.down, up.get(k), up.get(v), patch.gate))
-
-            self._processors = install(unet, make)
+            self._processors = install(unet, delta_processors(
+                lambda name: layer_delta(name, patch.edit.up, patch.edit.down, patch.gate)))
 
     def revert(self) -> None:
         if self.mode == "merge":

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,28 +37,27 @@ from editflow.models.pipeline import GenerationConfig, generate
 
 @dataclass
 class AttackConfig:
-    steps: int = 150
+    """The attacker's inversion settings (each try gets its own seed and start) and its tries."""
+
+    inversion: InversionConfig = field(default_factory=lambda: InversionConfig(steps=150, seed=4242))
     restarts: int = 3
-    lr: float = 0.02
-    batch: int = 8
-    seed: int = 4242
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch < 1 or self.restarts < 1 or self.lr <= 0:
-            raise ValueError("attack steps, restarts and batch must be >= 1 and lr > 0")
+        if self.restarts < 1:
+            raise ValueError("attack restarts must be >= 1")
 
 
-def memorization(evaluator: Evaluator, references, images) -> float:
-    """M-Score as defined in the module docstring."""
-    ref = torch.nn.functional.normalize(evaluator.image_features(references).float(), dim=-1)
+def memorization(evaluator: Evaluator, reference_features: torch.Tensor, images) -> float:
+    """M-Score as defined in the module docstring (``reference_features``: the evaluator's)."""
+    ref = torch.nn.functional.normalize(reference_features.float(), dim=-1)
     got = torch.nn.functional.normalize(evaluator.image_features(images).float(), dim=-1)
     centre = torch.nn.functional.normalize(ref.mean(0), dim=0)
     return float((got @ centre).mean() / (ref @ centre).mean().clamp_min(1e-6))
 
 
 def inversion_attack(pipe, patch, prompts: list[EvalPrompt], references, detector: Detector,
-                     evaluator: Evaluator, init_word: str | None, config: AttackConfig,
-                     generation: GenerationConfig | None = None, progress=None) -> dict:
+                     evaluator: Evaluator, inv: InversionConfig, generation: GenerationConfig | None = None,
+                     progress=None, reference_features: torch.Tensor | None = None) -> dict:
     """Attack one concept: invert ``references`` against the patched model (``patch=None``: the
     model itself), then draw one image per target prompt of the concept (its seed) from the
     inversion's templates filled with the learned token. Returns the rows, the images and the
@@ -66,7 +65,6 @@ def inversion_attack(pipe, patch, prompts: list[EvalPrompt], references, detecto
     concept = prompts[0].concept
     token = f"<attack-{concept.replace(' ', '_')}>"
     t0 = time.perf_counter()
-    inv = InversionConfig(steps=config.steps, lr=config.lr, batch=config.batch, init_word=init_word, seed=config.seed)
     step = (lambda n, loss: progress(n)) if progress else None
     tok = invert(pipe, references, token, inv, patch=patch, progress=step)
     texts = [inv.templates[i % len(inv.templates)].format(token) for i in range(len(prompts))]
@@ -74,8 +72,9 @@ def inversion_attack(pipe, patch, prompts: list[EvalPrompt], references, detecto
     with learned_tokens(pipe, tok), (patch.apply(pipe) if patch is not None else nullcontext()):
         images = generate(pipe, texts, [p.seed for p in prompts], generation)
     found = detector.detect(images, attack)
-    return {"concept": concept, "success": sum(found) / len(found), "found": found, "prompts": attack,
-            "images": images, "memorization": memorization(evaluator, references, images),
+    return {"concept": concept, "success": sum(found) / len(found), "images": images, "memorization": memorization(
+                evaluator, evaluator.image_features(references) if reference_features is None else reference_features,
+                images),
             "loss_last": tok.metadata["loss_last"], "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -101,8 +100,11 @@ def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator,
         ids = [i for i, p in enumerate(result.prompts) if p.role == "target" and p.concept == concept]
         refs = [result.original[i] for i in ids]
         starts = [anchors.get(concept) or None, None]
+        features = evaluator.image_features(refs)
+        inv = config.inversion
         tries = [inversion_attack(pipe, patch, [result.prompts[i] for i in ids], refs, detector, evaluator,
-                                  starts[k % 2], replace(config, seed=config.seed + k), generation, progress)
+                                  replace(inv, seed=inv.seed + k, init_word=starts[k % 2]), generation, progress,
+                                  features)
                  for k in range(config.restarts)]
         best = max(tries, key=lambda r: (r["success"], r["memorization"]))
         best["tries"] = [round(r["success"], 4) for r in tries]

@@ -153,11 +153,14 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
     if b is not None:
         b.close()
     if job.attack:
+        from dataclasses import replace
+
         from editflow.evaluation.attack import AttackConfig, attack_result
 
-        attack = AttackConfig(steps=job.attack_steps, restarts=job.attack_restarts)
+        attack = AttackConfig(restarts=job.attack_restarts)
+        attack.inversion = replace(attack.inversion, steps=job.attack_steps)
         n_targets = len(set(x.concept for x in pset.prompts if x.role == "target"))
-        b = (progress_factory(attack.steps * attack.restarts * n_targets, "eval: inversion attack")
+        b = (progress_factory(job.attack_steps * attack.restarts * n_targets, "eval: inversion attack")
              if progress_factory else None)
         anchors = {c["name"]: c.get("anchor", "") for c in meta.get("concepts", [])}
         if not real and not anchors:

@@ -25,15 +25,15 @@ import random
 import torch
 
 from editflow.edits.attention import (
-    CrossAttnProcessor,
     attention_processors,
     capture_attention,
+    delta_processors,
     suppress_tokens,
     token_attention,
 )
 from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.conditioning import TokenPolicy, positions
-from editflow.edits.gate import LowRankDelta
+from editflow.edits.gate import LowRankDelta, layer_delta
 from editflow.edits.patch import Patch
 from editflow.finetune.config import FinetuneConfig
 from editflow.models import diffusion as D
@@ -54,14 +54,13 @@ class TrainableFactors(torch.nn.Module):
             [torch.nn.Parameter(torch.cat([patch.edit.up[n].float(), torch.zeros(patch.edit.up[n].shape[0], extra)], 1))
              for n in self.names])
         self.gate = patch.gate
+        self._by_name = dict(zip(self.names, self.up))  # the same parameters, looked up per layer
 
     def edit(self) -> LowRankEdit:
         return LowRankEdit({n: u.detach().clone() for n, u in zip(self.names, self.up)}, self.down.detach().clone())
 
     def delta_for(self, attn_name: str) -> LowRankDelta | None:
-        ups = dict(zip(self.names, self.up))
-        k, v = ups.get(f"{attn_name}.to_k"), ups.get(f"{attn_name}.to_v")
-        return None if k is None and v is None else LowRankDelta(self.down, k, v, self.gate)
+        return layer_delta(attn_name, self._by_name, self.down, self.gate)
 
 
 def concept_mask(pipe, prompts: list[str], words: list[str], length: int,
@@ -127,7 +126,7 @@ def fmn_finetune(pipe, patch: Patch, erase: list[tuple[str, str]], preserve: lis
                     xk = torch.randn(x0.shape, generator=gen)
                     tk = D.sample_timesteps(sched, len(kp), gen)
                     base = D.unet_output(pipe, xk, tk, kf)
-                with attention_processors(pipe.unet, lambda n: CrossAttnProcessor(n, factors.delta_for(n))):
+                with attention_processors(pipe.unet, delta_processors(factors.delta_for)):
                     keep = torch.nn.functional.mse_loss(D.unet_output(pipe, xk, tk, kf), base)
                 loss = loss + config.preserve_weight * keep
             opt.zero_grad(set_to_none=True)

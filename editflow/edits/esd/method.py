@@ -28,10 +28,10 @@ from contextlib import contextmanager
 
 import torch
 
-from editflow.edits.attention import CrossAttnProcessor, attention_processors
+from editflow.edits.attention import attention_processors, delta_processors
 from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.esd.config import ESDConfig
-from editflow.edits.gate import LowRankDelta
+from editflow.edits.gate import layer_delta
 from editflow.edits.patch import Patch
 from editflow.edits.request import EraseRequest, erase_pairs, preserve_pairs
 from editflow.edits.targets import TargetSpec
@@ -96,11 +96,8 @@ class ESD:
             eye = torch.eye(d)
             up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, d)) for n in names}
 
-            def delta_for(attn_name: str):
-                k, v = up.get(f"{attn_name}.to_k"), up.get(f"{attn_name}.to_v")
-                return None if k is None and v is None else LowRankDelta(eye, k, v)
-
-            return up, eye, lambda: attention_processors(unet, lambda n: CrossAttnProcessor(n, delta_for(n)))
+            make = delta_processors(lambda name: layer_delta(name, up, eye))
+            return up, eye, lambda: attention_processors(unet, make)
         r = config.lora_rank
         up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, r)) for n in names}
         down = {n: torch.nn.Parameter(torch.randn(r, modules[n].in_features, generator=gen)
