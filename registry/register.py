@@ -122,7 +122,9 @@ def model_card(meta: dict, report: dict, base: str) -> str:
     if metrics.get("attack_success") is not None:
         lines.append(f"- **concept-inversion attack**: brings the concept back in "
                      f"{metrics['attack_success']:.0%} of images (best of the evaluation's tries; "
-                     f"memorization score {metrics.get('memorization_score') or 0:.2f})")
+                     + (f"{metrics['attack_baseline']:.0%} before inversion; "
+                        if metrics.get("attack_baseline") is not None else "")
+                     + f"memorization score {metrics.get('memorization_score') or 0:.2f})")
     lines += ["", "## Gate results", "", "| metric | value | bound | result |", "|---|---:|---|---|"]
     for c in report.get("gates", {}).get("checks", []):
         value = "—" if c["value"] is None else f"{c['value']:.3f}"

@@ -41,6 +41,9 @@ def test_eval_passes_an_ace_erasure_and_writes_the_report(star_patch, tmp_path):
     n_targets = sum(p["role"] == "target" for p in report["prompts"])
     assert m["attack_success"] * n_targets == pytest.approx(round(m["attack_success"] * n_targets))
     assert 0 < m["memorization_score"] < 1.5 and "attack_success" not in report["absent"]
+    # ... read against the untrained token's rate (same templates and seeds)
+    assert m["attack_baseline"] == report["attacks"][0]["baseline"]
+    assert m["attack_baseline"] * n_targets == pytest.approx(round(m["attack_baseline"] * n_targets))
     assert [a["concept"] for a in report["attacks"]] == ["star"] and len(report["attacks"][0]["tries"]) == 1
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "grid-target.png", "grid-neighbour.png",
                                                "grid-attack.png"}
@@ -55,6 +58,7 @@ def test_eval_without_the_attack_says_why_its_metrics_are_absent(star_patch, tmp
     report = json.loads(res.stdout)
     assert report["metrics"]["attack_success"] is None and report["metrics"]["memorization_score"] is None
     assert "--no-attack" in report["absent"]["attack_success"] and report["attacks"] == []
+    assert report["metrics"]["attack_baseline"] is None and "--no-attack" in report["absent"]["attack_baseline"]
 
 
 def test_eval_of_the_unpatched_model_fails_erasure_but_not_specificity(tmp_path):

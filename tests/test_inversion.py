@@ -83,3 +83,21 @@ def test_inversion_recovers_a_concept_on_the_embedded_model(embedded_pipe, judge
         images = generate(embedded_pipe, ["a picture of a <star-look>"] * 16, list(range(16)))
     labels = judge.detect(images, world, "object")
     assert sum(label == "star" for label in labels) / 16 >= 0.75, labels
+
+
+def test_the_attack_baseline_is_the_token_before_inversion(embedded_pipe, judge, world):
+    """``attack_baseline`` draws the attack's templates with the untrained (mean-embedding) token:
+    on the unpatched model it must not find stars the way the word or a learned token does."""
+    from editflow.evaluation.attack import draw_with_token, untrained_baseline
+    from editflow.evaluation.detectors import WorldDetector
+    from editflow.evaluation.prompts import EvalPrompt
+    from editflow.inversion.invert import DEFAULT_TEMPLATES
+
+    prompts = [EvalPrompt("a star", "star", "object", "target", "word", seed) for seed in range(16)]
+    detector = WorldDetector(judge, world)
+    floor = untrained_baseline(embedded_pipe, None, prompts, detector, DEFAULT_TEMPLATES)
+    word = LearnedTokens("<word-star>", embedded_pipe.text_encoder.get_input_embeddings().weight[
+        embedded_pipe.tokenizer("star", add_special_tokens=False).input_ids].detach().clone())
+    _, found = draw_with_token(embedded_pipe, None, word, prompts, detector, DEFAULT_TEMPLATES)
+    assert floor * 16 == round(floor * 16) and floor <= 0.3 < sum(found) / 16, (floor, found)
+    assert len(embedded_pipe.tokenizer) == embedded_pipe.text_encoder.config.vocab_size  # tokens unloaded

@@ -76,6 +76,7 @@ def evaluate_cmd(
             err.print(f"{mark}  {c.metric:28s} {c.reason}", highlight=False)
         typer.echo(json.dumps({"passed": report.passed, "report": str(path / "report.md"),
                                "harmonic_score": result.metrics.get("harmonic_score"),
-                               "attack_success": result.metrics.get("attack_success")}, indent=2))
+                               "attack_success": result.metrics.get("attack_success"),
+                               "attack_baseline": result.metrics.get("attack_baseline")}, indent=2))
     if not report.passed:
         raise typer.Exit(GATE_FAILED)

@@ -9,6 +9,11 @@ it (the evaluation's target images), and reports
 * ``attack_success`` -- share of images drawn with the learned token (in the inversion's own
   templates, as a textual-inversion user prompts it; the target prompts' seeds) in which the
   detector finds the concept (lower is better);
+* ``attack_baseline`` -- the same drawing with the token *before* inversion (the vocabulary's
+  mean embedding, same templates and seeds): what the detector finds when the attacker has learned
+  nothing. On the embedded world a neutral prompt already draws the concept now and then ("a
+  photo of a shape": a star in 5 of 48 images on the original model), so ``attack_success`` is
+  read against this floor, not against 0;
 * ``memorization_score`` -- Forget-Me-Not's M-Score (Zhang et al. 2023, §4.2): how well the model,
   given the inverted concept, regenerates it, measured here as the mean cosine similarity of the
   evaluator's image features of those images to the centroid of the reference images, divided by
@@ -30,7 +35,8 @@ import torch
 
 from editflow.evaluation.detectors import Detector
 from editflow.evaluation.prompts import EvalPrompt
-from editflow.inversion import InversionConfig, invert, learned_tokens
+from editflow.inversion import InversionConfig, LearnedTokens, invert, learned_tokens
+from editflow.inversion.invert import initial_embedding
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig, generate
 
@@ -60,24 +66,41 @@ def inversion_attack(pipe, patch, prompts: list[EvalPrompt], references, detecto
                      progress=None, reference_features: torch.Tensor | None = None) -> dict:
     """Attack one concept: invert ``references`` against the patched model (``patch=None``: the
     model itself), then draw one image per target prompt of the concept (its seed) from the
-    inversion's templates filled with the learned token. Returns the rows, the images and the
-    two scores."""
+    inversion's templates filled with the learned token. Returns the images, the success rate and
+    the memorization score."""
     concept = prompts[0].concept
     token = f"<attack-{concept.replace(' ', '_')}>"
     t0 = time.perf_counter()
     step = (lambda n, loss: progress(n)) if progress else None
     tok = invert(pipe, references, token, inv, patch=patch, progress=step)
-    texts = [inv.templates[i % len(inv.templates)].format(token) for i in range(len(prompts))]
-    attack = [EvalPrompt(t, p.concept, p.family, "attack", "inversion", p.seed) for t, p in zip(texts, prompts)]
-    with learned_tokens(pipe, tok), (patch.apply(pipe) if patch is not None else nullcontext()):
-        images = generate(pipe, texts, [p.seed for p in prompts], generation)
-    found = detector.detect(images, attack)
+    images, found = draw_with_token(pipe, patch, tok, prompts, detector, inv.templates, generation)
     return {"concept": concept, "success": sum(found) / len(found), "images": images, "memorization": memorization(
                 evaluator, evaluator.image_features(references) if reference_features is None else reference_features,
                 images),
             "loss_last": tok.metadata["loss_last"], "seconds": round(time.perf_counter() - t0, 2)}
 
 
+
+
+def draw_with_token(pipe, patch, tok: LearnedTokens, prompts: list[EvalPrompt], detector: Detector,
+                    templates: tuple[str, ...], generation: GenerationConfig | None = None) -> tuple[list, list[bool]]:
+    """One image per prompt of a concept (its seed) from ``templates`` filled with the token, on
+    the patched model; returns the images and where the detector finds the prompt's concept."""
+    texts = [templates[i % len(templates)].format(tok.token) for i in range(len(prompts))]
+    attack = [EvalPrompt(t, p.concept, p.family, "attack", "inversion", p.seed) for t, p in zip(texts, prompts)]
+    with learned_tokens(pipe, tok), (patch.apply(pipe) if patch is not None else nullcontext()):
+        images = generate(pipe, texts, [p.seed for p in prompts], generation)
+    return images, detector.detect(images, attack)
+
+
+def untrained_baseline(pipe, patch, prompts: list[EvalPrompt], detector: Detector, templates: tuple[str, ...],
+                       generation: GenerationConfig | None = None) -> float:
+    """``attack_baseline`` of one concept: the attack's drawing with the token at its neutral
+    start (the mean input embedding), before any inversion step."""
+    start = initial_embedding(pipe, InversionConfig(init_word=None))
+    tok = LearnedTokens(f"<baseline-{prompts[0].concept.replace(' ', '_')}>", start)
+    _, found = draw_with_token(pipe, patch, tok, prompts, detector, templates, generation)
+    return sum(found) / len(found)
 
 
 def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator, anchors: dict[str, str],
@@ -91,7 +114,7 @@ def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator,
     try:
         check_trainable(pipe)
     except EditflowError as exc:  # an SDXL-style UNet: report why, never a number
-        for k in ("attack_success", "memorization_score"):
+        for k in ("attack_success", "attack_baseline", "memorization_score"):
             result.metrics[k] = None
             result.absent[k] = str(exc).split(":")[0]
         return
@@ -109,10 +132,13 @@ def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator,
         best = max(tries, key=lambda r: (r["success"], r["memorization"]))
         best["tries"] = [round(r["success"], 4) for r in tries]
         best["seconds"] = round(sum(r["seconds"] for r in tries), 2)
+        best["baseline"] = untrained_baseline(pipe, patch, [result.prompts[i] for i in ids], detector,
+                                              inv.templates, generation)
         runs.append(best)
     result.metrics["attack_success"] = sum(r["success"] for r in runs) / len(runs)
+    result.metrics["attack_baseline"] = sum(r["baseline"] for r in runs) / len(runs)
     result.metrics["memorization_score"] = sum(r["memorization"] for r in runs) / len(runs)
-    for k in ("attack_success", "memorization_score"):
+    for k in ("attack_success", "attack_baseline", "memorization_score"):
         result.absent.pop(k, None)
     result.attacks = runs
     result.seconds["attack"] = round(sum(r["seconds"] for r in runs), 2)

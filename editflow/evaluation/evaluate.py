@@ -16,7 +16,8 @@ Metrics (lower is better for the first two):
 * ``fid_preserved``  -- Fréchet distance between original and patched image features of the
   preserved prompts, in the evaluator's feature space (a CLIP-feature FID);
 * ``image_similarity_preserved`` -- mean cosine similarity of paired image features;
-* ``attack_success`` / ``memorization_score`` -- the concept-inversion attack and FMN's M-Score,
+* ``attack_success`` / ``attack_baseline`` / ``memorization_score`` -- the concept-inversion
+  attack, the same drawing with the token before inversion (the floor it is read against) and FMN's M-Score,
   filled in by :func:`editflow.evaluation.attack.attack_result` (absent, with the reason, when
   the attack is not run);
 * ``harmonic_score`` -- H_o of (1 − erasure rate, specificity, 1 − leakage) (MACE).
@@ -44,6 +45,7 @@ from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig
 
 ABSENT = {"attack_success": "the inversion attack was not run (--no-attack)",
+          "attack_baseline": "the inversion attack was not run (--no-attack)",
           "memorization_score": "the inversion attack was not run (--no-attack)"}
 
 
@@ -155,6 +157,7 @@ def evaluate(pipe, prompts: PromptSet, detector: Detector, evaluator: Evaluator,
     m["image_similarity_preserved"] = (float(paired_similarity(f_before[kept], f_after[kept]).mean())
                                        if kept else None)
     m["attack_success"] = None
+    m["attack_baseline"] = None
     m["memorization_score"] = None
     m["harmonic_score"] = harmonic_score(m["erasure_rate"], m["specificity"], m["leakage"])
     rows = [{"text": p.text, "concept": p.concept, "role": p.role, "kind": p.kind, "seed": p.seed,

@@ -26,7 +26,7 @@ METRICS = (
     "erasure_rate", "leakage", "leakage_synonym", "leakage_paraphrase", "leakage_misspelling",
     "specificity", "specificity_neighbours", "specificity_distant", "clip_score_target",
     "clip_score_preserved", "fid_preserved", "image_similarity_preserved", "memorization_score",
-    "harmonic_score", "attack_success",
+    "harmonic_score", "attack_success", "attack_baseline",
 )
 DEFAULT_GATES = Path("configs") / "gates" / "default.yaml"
 

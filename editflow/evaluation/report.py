@@ -52,7 +52,8 @@ def to_dict(result: EvalResult, gates: GateReport, context: dict) -> dict:
     return {"passed": gates.passed, **context, "metrics": result.metrics, "absent": result.absent,
             "gates": gates.to_dict(), "per_concept": result.per_concept(), "seconds": result.seconds,
             "prompts": result.rows,
-            "attacks": [{k: a.get(k) for k in ("concept", "success", "tries", "memorization", "loss_last", "seconds")}
+            "attacks": [{k: a.get(k) for k in ("concept", "success", "tries", "baseline", "memorization",
+                                                 "loss_last", "seconds")}
                         for a in result.attacks]}
 
 
@@ -81,11 +82,13 @@ def markdown(result: EvalResult, gates: GateReport, context: dict, grid_files: d
         lines.append(f"| {r['role']} | {r['concept']} | {r['n']} | {_fmt(r['before'])} | {_fmt(r['after'])} |")
     if result.attacks:
         lines += ["", "## Concept-inversion attack (Pham et al. 2023)", "",
-                  "| concept | attack success (best try) | tries | memorization | inversion loss | seconds |",
-                  "|---|---:|---|---:|---:|---:|"]
+                  "| concept | attack success (best try) | tries | before inversion | memorization "
+                  "| inversion loss | seconds |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
         for a in result.attacks:
             tries = ", ".join(_fmt(t) for t in a.get("tries", []))
-            lines.append(f"| {a['concept']} | {_fmt(a['success'])} | {tries} | {_fmt(a['memorization'])} | "
+            lines.append(f"| {a['concept']} | {_fmt(a['success'])} | {tries} | {_fmt(a.get('baseline'))} | "
+                         f"{_fmt(a['memorization'])} | "
                          f"{_fmt(a['loss_last'])} | {_fmt(a['seconds'])} |")
     if grid_files:
         lines += ["", "## Images (top row original, bottom row patched, same seeds)", ""]
