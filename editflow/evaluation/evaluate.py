@@ -44,9 +44,8 @@ from editflow.evaluation.prompts import EvalPrompt, PromptSet
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig
 
-ABSENT = {"attack_success": "the inversion attack was not run (--no-attack)",
-          "attack_baseline": "the inversion attack was not run (--no-attack)",
-          "memorization_score": "the inversion attack was not run (--no-attack)"}
+ABSENT = dict.fromkeys(("attack_success", "attack_baseline", "memorization_score"),
+                       "the inversion attack was not run (--no-attack)")
 
 
 @dataclass
