@@ -1,6 +1,6 @@
 """Erasure quality with the gradient stage, side by side on the same model, prompts and seeds:
-ACE + fine-tuning vs ACE closed form (anchor targets, gated; zero targets, ungated) vs UCE vs ESD-x/u,
-including the concept-inversion attack (best of 3 tries per concept).
+ACE + fine-tuning (adv, fmn, minmax) vs ACE closed form (anchor targets, gated; zero targets,
+ungated) vs UCE vs ESD-x/u, including the concept-inversion attack (best of 3 tries per concept).
 
     python bench/finetune_quality.py [--concepts star kasimir zorbo] [--variants ...] [--images 24]
 
@@ -23,6 +23,7 @@ from editflow.evaluation.run import EvalJob, run_eval
 from editflow.models.pipeline import load_pipeline
 
 VARIANTS = {  # name: (method, its options, fine-tuning)
+    "ace+minmax": ("ace", {}, {"mode": "minmax"}),
     "ace+adv": ("ace", {}, {"mode": "adv"}),
     "ace+fmn": ("ace", {}, {"mode": "fmn"}),
     "ace": ("ace", {}, {}),
@@ -58,12 +59,13 @@ def main() -> None:
             failed = [c.metric for c in outcome.gates.failures()]
             rows.append(f"| {concept} | {variant} | {patch.metadata['seconds']:.1f} | {fmt('erasure_rate')} | "
                         f"{fmt('leakage')} | {fmt('specificity')} | {fmt('attack_success')} | "
+                        f"{fmt('attack_baseline')} | "
                         f"{fmt('memorization_score')} | {fmt('image_similarity_preserved')} | "
                         f"{'pass' if not failed else 'FAIL: ' + ', '.join(failed)} |")
             print(rows[-1], flush=True)
-    print("\n| concept | method | erase s | erasure rate | leakage | specificity | attack success | memorization "
-          "| image sim. | gates |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("\n| concept | method | erase s | erasure rate | leakage | specificity | attack success | before inversion "
+          "| memorization | image sim. | gates |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     print("\n".join(rows))
 
 

@@ -116,8 +116,12 @@ def model_card(meta: dict, report: dict, base: str) -> str:
              f"- **gates**: {'passed' if report.get('passed') else 'FAILED'} ({report.get('gates', {}).get('source')})"]
     ft = meta.get("finetune")
     if ft:
-        lines.append(f"- **fine-tuning**: {ft['config']['mode']}, {ft['config']['steps']} steps, "
-                     f"{len(ft.get('adversarial', []))} adversarial embeddings in the erase set")
+        if ft["config"]["mode"] == "minmax":
+            lines.append(f"- **fine-tuning**: minmax, {ft['config']['minmax_steps']} steps of a rank-"
+                         f"{ft['config']['lora_rank']} LoRA against a persistent concept-inversion attacker")
+        else:
+            lines.append(f"- **fine-tuning**: {ft['config']['mode']}, {ft['config']['steps']} steps, "
+                         f"{len(ft.get('adversarial', []))} adversarial embeddings in the erase set")
     metrics = report.get("metrics", {})
     if metrics.get("attack_success") is not None:
         lines.append(f"- **concept-inversion attack**: brings the concept back in "

@@ -108,3 +108,17 @@ def test_erase_bad_input_is_one_line(tmp_path, star_pictures, args, message):
     res = runner.invoke(app, ["erase", *args, "--out", str(tmp_path / "x.safetensors")])
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_erase_finetune_minmax_writes_an_ungated_patch_with_a_lora(tmp_path):
+    out = tmp_path / "star.safetensors"
+    res = runner.invoke(app, ["erase", "--concept", "star", "--finetune", "minmax", "--steps", "2",
+                              "--patch-only", "--no-check", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = _json(res)
+    assert summary["gated"] is False and set(summary["finetune"]["losses"]) >= {"attack", "adversarial", "preserve"}
+    patch = Patch.load(out)
+    ft = patch.metadata["finetune"]
+    assert ft["config"]["mode"] == "minmax" and ft["config"]["minmax_steps"] == 2
+    assert patch.gate is None and patch.edit.rank == patch.metadata["rank"] >= ft["config"]["lora_rank"]
+    assert patch.metadata["config"]["gated"] is False

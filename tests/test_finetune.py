@@ -186,3 +186,34 @@ def test_esd_x_trains_a_patch_and_leaves_the_base(pipe, preserve_weight):
         base = _unet_step(pipe, ["a star"])
         with patch.apply(pipe):
             assert not torch.allclose(base, _unet_step(pipe, ["a star"]))
+
+
+def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe):
+    """minmax: the attacker restarts into its bank, only the LoRA trains (base bit-identical, the
+    closed form's factors kept as they were), and a gated patch is refused with a clear error."""
+    from editflow.errors import EditflowError
+
+    req = _request()
+    method = get_method("ace")
+    patch = method.compute(pipe, req, ACEConfig(gated=False))
+    state, n_tok = _state(pipe), len(pipe.tokenizer)
+    seen = []
+    ft = FinetuneConfig(mode="minmax", minmax_steps=3, restart=1, replay=1, attacker_steps=1, lora_rank=2,
+                        references=2, keep_images=1, batch=2)
+    tuned = finetune(pipe, req, patch, lambda r: method.compute(pipe, r, ACEConfig(gated=False)), ft,
+                     progress=lambda event, info: seen.append(event))
+    assert seen == ["step"] * 3
+    losses = tuned.metadata["finetune"]["losses"]
+    assert losses["attacker_restarts"] == 2 and set(losses) >= {"attack", "adversarial", "word", "preserve"}
+    assert tuned.gate is None and not tuned.edit.shared
+    for name, up in patch.edit.up.items():
+        r = up.shape[1]
+        assert tuned.edit.up[name].shape[1] == r + 2 and tuned.edit.down_for(name).shape[0] == r + 2
+        assert torch.equal(tuned.edit.up[name][:, :r], up)
+        assert torch.equal(tuned.edit.down_for(name)[:r], patch.edit.down)
+        assert tuned.edit.up[name][:, r:].abs().sum() > 0  # the LoRA moved off its zero start
+    assert len(pipe.tokenizer) == n_tok
+    state_after = _state(pipe)
+    assert all(torch.equal(v, state_after[k]) for k, v in state.items())
+    with pytest.raises(EditflowError, match="ungated"):
+        finetune(pipe, req, method.compute(pipe, req, ACEConfig()), lambda r: None, ft)

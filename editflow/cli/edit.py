@@ -24,6 +24,7 @@ class Finetune(str, Enum):
     none = "none"
     fmn = "fmn"
     adv = "adv"
+    minmax = "minmax"
 
 
 class Policy(str, Enum):
@@ -105,10 +106,12 @@ def erase(
     finetune: Annotated[Finetune, typer.Option(
         case_sensitive=False, help="Gradient stage on the patch's own factors after the closed form: fmn "
                                    "(Forget-Me-Not losses), adv (adversarial embeddings join the erase set, then "
-                                   "the FMN steps), none.")] = Finetune.none,
+                                   "the FMN steps), minmax (a LoRA trained against a persistent concept-inversion "
+                                   "attacker: the most robust to the attack, minutes per concept), none.")
+    ] = Finetune.none,
     steps: Annotated[int | None, typer.Option(
-        min=0, help="Gradient steps: of --finetune on the patch's factors (default 50), or of --method esd-x/esd-u's "
-                    "training (default 200).")] = None,
+        min=0, help="Gradient steps: of --finetune fmn/adv on the patch's factors (default 50), of --finetune "
+                    "minmax's defender (default 900), or of --method esd-x/esd-u's training (default 200).")] = None,
     rounds: Annotated[int, typer.Option(min=0, help="--finetune adv: adversarial search rounds.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the fine-tuning and inversion.")] = 0,
     images: Annotated[Path | None, typer.Option(
@@ -129,7 +132,8 @@ def erase(
 
     Methods: ace (default; gated closed form), uce (closed form), esd-x / esd-u (fine-tuning baselines).
     --finetune fmn|adv adds a short gradient stage on the patch's own factors (the base stays
-    frozen); adv first hardens the patch against concept-inversion attacks. --images DIR learns a
+    frozen); adv first adds adversarial embeddings to the erase set; minmax trains a LoRA over the
+    ungated closed form against a concept-inversion attacker (the patch gets the LoRA's rank). --images DIR learns a
     token from pictures of the concept (textual inversion) and erases it with the concept's words.
     """
     from editflow.edits.erase import EraseJob, build_request, method_config, prompt_count, run_erase
@@ -151,7 +155,8 @@ def erase(
     esd = method in (MethodName.esd_x, MethodName.esd_u)
     tuning = {"mode": finetune.value, "rounds": rounds, "seed": seed} if finetune is not Finetune.none else {}
     if steps is not None:  # the method's training (ESD) or the fine-tuning stage; each has its default
-        (options if esd else tuning)["esd_steps" if esd else "steps"] = steps
+        key = "esd_steps" if esd else "minmax_steps" if finetune is Finetune.minmax else "steps"
+        (options if esd else tuning)[key] = steps
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
                    finetune=tuning,
@@ -176,7 +181,8 @@ def erase(
     b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
          else bar(prompt_count(req), f"{method.value}: encode"))
     plan = FinetuneConfig(**job.finetune)
-    ft = bar(plan.rounds * (finetune is Finetune.adv) + plan.steps * (finetune is not Finetune.none), "fine-tune")
+    ft = bar(plan.minmax_steps if finetune is Finetune.minmax else
+             plan.rounds * (finetune is Finetune.adv) + plan.steps * (finetune is not Finetune.none), "fine-tune")
 
     def tuned(event: str, info: dict) -> None:
         ft.update(1)

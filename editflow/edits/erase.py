@@ -105,13 +105,15 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     gets ``(event, info)``.
     """
     from editflow.edits.streaming import PreserveCache
-    from editflow.finetune import FinetuneConfig, finetune
+    from editflow.finetune import FinetuneConfig, FinetuneMode, finetune
     from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
     from editflow.models.pipeline import load_pipeline
 
     job.validate()
     config = method_config(job.method, job.options)
     ft = FinetuneConfig(**job.finetune)
+    if ft.mode is FinetuneMode.minmax and getattr(config, "gated", False):
+        config = replace(config, gated=False)  # minmax trains over the ungated closed form (finetune.minmax)
     pipe = pipe if pipe is not None else load_pipeline(job.model)
     request = request if request is not None else build_request(job)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None

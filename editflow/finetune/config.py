@@ -8,6 +8,7 @@ class FinetuneMode(str, Enum):
     none = "none"  # the closed-form patch as it is
     fmn = "fmn"  # Forget-Me-Not losses on the patch's factors
     adv = "adv"  # adversarial rounds (inverted / PGD embeddings join the erase set), then the FMN steps
+    minmax = "minmax"  # LoRA over the ungated closed form, trained against a persistent inversion attacker
 
 
 @dataclass
@@ -17,7 +18,7 @@ class FinetuneConfig:
     Defaults measured on the embedded world (docs/benchmarks.md, "Fine-tuning and attacks").
     """
 
-    mode: FinetuneMode = field(default=FinetuneMode.none, metadata={"help": "none, fmn or adv"})
+    mode: FinetuneMode = field(default=FinetuneMode.none, metadata={"help": "none, fmn, adv or minmax"})
     steps: int = field(default=50, metadata={"help": "gradient steps on the patch's factors (FMN losses)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the factors (1e-3 undid the erasure)"})
     batch: int = field(default=4, metadata={"help": "erase prompts per step (and as many preserve prompts)"})
@@ -33,15 +34,29 @@ class FinetuneConfig:
     pgd_radius: float = field(default=2.0, metadata={
         "help": "adv: PGD ball radius around the concept word's embedding, in units of its norm"})
     references: int = field(default=16, metadata={"help": "concept images the base model draws when none given"})
+    minmax_steps: int = field(default=900, metadata={"help": "minmax: defender steps (each after attacker_steps)"})
+    minmax_lr: float = field(default=1e-3, metadata={"help": "minmax: Adam learning rate of the LoRA"})
+    lora_rank: int = field(default=8, metadata={"help": "minmax: LoRA rank per key/value projection"})
+    eta: float = field(default=2.0, metadata={
+        "help": "minmax: negative guidance of the target, ε(anchor) − η (ε(concept) − ε(anchor)) (ESD eq. 3)"})
+    attacker_steps: int = field(default=4, metadata={"help": "minmax: attacker inversion steps per defender step"})
+    restart: int = field(default=40, metadata={"help": "minmax: defender steps before the attacker starts afresh"})
+    replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
+    minmax_preserve: float = field(default=4.0, metadata={
+        "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
+    keep_images: int = field(default=2, metadata={"help": "minmax: images the base model draws per preserved concept"})
     seed: int = 0
 
     def __post_init__(self):
         self.mode = FinetuneMode(self.mode)
-        for name in ("steps", "extra_rank", "rounds"):
+        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("batch", "attack_steps", "references", "fallbacks"):
+        for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "restart",
+                     "keep_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.lr <= 0 or self.attack_lr <= 0 or self.pgd_radius <= 0:
-            raise ValueError("lr, attack_lr and pgd_radius must be > 0")
+        if self.lr <= 0 or self.attack_lr <= 0 or self.pgd_radius <= 0 or self.minmax_lr <= 0:
+            raise ValueError("lr, attack_lr, pgd_radius and minmax_lr must be > 0")
+        if self.eta < 0 or self.minmax_preserve < 0:
+            raise ValueError("eta and minmax_preserve must be >= 0")

@@ -5,6 +5,9 @@
 again (the new embedding's features join the erase set and the gate's calibration). Then, in
 ``fmn`` and ``adv`` modes, ``steps`` gradient steps of the Forget-Me-Not losses on the patch's
 factors (:mod:`editflow.finetune.fmn`), over the concept's prompts and the adversarial ones.
+
+``minmax``: a LoRA over the (ungated) closed form trained against a persistent concept-inversion
+attacker (:mod:`editflow.finetune.minmax`), on the concept's images and preserved concepts' ones.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from editflow.edits.request import ConceptSpec, EraseRequest, erase_pairs, prese
 from editflow.finetune.adversarial import adversarial_embedding
 from editflow.finetune.config import FinetuneConfig, FinetuneMode
 from editflow.finetune.fmn import fmn_finetune
-from editflow.inversion import LearnedTokens, learned_tokens
+from editflow.finetune.minmax import minmax_finetune
+from editflow.inversion import InversionConfig, LearnedTokens, learned_tokens
 from editflow.models.pipeline import generate
 
 
@@ -29,6 +33,15 @@ def reference_images(pipe, concept: ConceptSpec, templates: tuple[str, ...], n: 
     """``n`` images of ``concept`` drawn by the base model from its erase prompts (seeded)."""
     prompts = [templates[i % len(templates)].format(concept.name) for i in range(n)]
     return generate(pipe, prompts, [seed * 100_003 + 50_000 + i for i in range(n)])
+
+
+def preserve_images(pipe, words: list[str], templates: tuple[str, ...], per_concept: int, seed: int = 0
+                    ) -> list[tuple[str, Image.Image]]:
+    """(prompt, image) pairs: ``per_concept`` drawings of each preserved concept by the base model."""
+    prompts = [templates[i % len(templates)].format(w) for w in words for i in range(per_concept)]
+    if not prompts:
+        return []
+    return list(zip(prompts, generate(pipe, prompts, [seed * 100_003 + 70_000 + i for i in range(len(prompts))])))
 
 
 def with_tokens(request: EraseRequest, tokens: list[LearnedTokens]) -> EraseRequest:
@@ -56,6 +69,19 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
     t0 = time.perf_counter()
     given = list(tokens or [])
     adv: list[LearnedTokens] = []
+    if config.mode is FinetuneMode.minmax:
+        # the attack's own plain templates ("a photo of a {}"), not the request's scene contexts: the
+        # attacker and the defender play on the prompts the evaluation's attacker uses
+        plain = InversionConfig().templates
+        images = dict(images or {})
+        with learned_tokens(pipe, *given):
+            for c in request.concepts:
+                if c.name not in images:
+                    images[c.name] = reference_images(pipe, c, plain, config.references, config.seed)
+            keep = preserve_images(pipe, request.preserve, plain, config.keep_images, config.seed)
+            patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
+                                           progress=lambda n, h: report("step", h))
+        return _with_metadata(patch, config, adv, facts, t0)
     if config.mode is FinetuneMode.adv and config.rounds:
         images = dict(images or {})
         for c in request.concepts:
@@ -79,6 +105,10 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
         with learned_tokens(pipe, *given, *adv):
             patch, facts = fmn_finetune(pipe, patch, erase, keep, config, request.token_policy,
                                         progress=lambda n, h: report("step", h))
+    return _with_metadata(patch, config, adv, facts, t0)
+
+
+def _with_metadata(patch: Patch, config: FinetuneConfig, adv: list[LearnedTokens], facts: dict, t0: float) -> Patch:
     patch.metadata = {**patch.metadata, "rank": patch.edit.rank,
                       "finetune": {"config": {k: (v.value if hasattr(v, "value") else v)
                                               for k, v in asdict(config).items()},

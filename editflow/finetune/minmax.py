@@ -1,0 +1,179 @@
+"""Min-max training of a patch against a persistent concept-inversion attacker.
+
+AdvUnlearn (Zhang et al. 2024, "Defensive Unlearning with Adversarial Training for Robust Concept
+Erasure in Diffusion Models", eq. 5) alternates an attacker that searches the text-embedding space
+for inputs that still draw the concept with a defender that unlearns them. editflow plays that
+game on the patch alone, with the attack the evaluation measures (Pham et al. 2023):
+
+* **attacker** -- one learned token per concept, trained by textual inversion (Gal et al. 2023,
+  eq. 2) against the *current* patched model on images of the concept, ``attacker_steps`` Adam
+  steps per defender step; every ``restart`` steps it is filed in a replay bank and starts again
+  from the concept's anchor word or the vocabulary's mean embedding (alternating);
+* **defender** -- a rank-``lora_rank`` LoRA on every target projection (``attn2.to_k/to_v``),
+  added to the closed-form patch (zero-initialised, so training starts from it), trained so that
+  on noised images of the concept the current token, ``replay`` tokens from the bank and the
+  concept's words all predict ESD's negatively guided target (Gandikota et al. 2023, eq. 3)
+  ``ε(x_t, anchor) − η (ε(x_t, concept) − ε(x_t, anchor))`` of the base model, while preserved
+  concepts' images keep the base model's prediction (weight ``minmax_preserve``).
+
+The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
+which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
+The closed-form patch must be ungated: a gate passes any text feature outside the concept's
+subspace through unchanged, which is exactly where the attacker goes.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import ExitStack
+
+import torch
+from PIL import Image
+
+from editflow.edits.closed_form import LowRankEdit
+from editflow.edits.esd.method import linear_deltas
+from editflow.edits.patch import Patch
+from editflow.edits.request import ConceptSpec
+from editflow.errors import EditflowError
+from editflow.finetune.config import FinetuneConfig
+from editflow.inversion.invert import InversionConfig, initial_embedding
+from editflow.inversion.tokens import trainable_token
+from editflow.models import diffusion as D
+
+F = torch.nn.functional
+
+
+class PatchLoRA(torch.nn.Module):
+    """A patch's fixed factors plus a trainable rank-``rank`` LoRA per target projection."""
+
+    def __init__(self, patch: Patch, modules: dict[str, torch.nn.Linear], rank: int, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.names = sorted(modules)
+        self.fixed_up = {n: patch.edit.up[n].float() for n in self.names}
+        self.fixed_down = {n: patch.edit.down_for(n).float() for n in self.names}
+        self.up = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(modules[n].out_features, rank))
+                                          for n in self.names])
+        self.down = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(rank, modules[n].in_features, generator=gen) / modules[n].in_features**0.5)
+             for n in self.names])
+
+    def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(up, down) per layer: the patch's columns/rows first, then the LoRA's."""
+        up = {n: torch.cat([self.fixed_up[n], u], 1) for n, u in zip(self.names, self.up)}
+        down = {n: torch.cat([self.fixed_down[n], d], 0) for n, d in zip(self.names, self.down)}
+        return up, down
+
+    def edit(self) -> LowRankEdit:
+        up, down = self.factors()
+        return LowRankEdit({n: u.detach().clone() for n, u in up.items()},
+                           {n: d.detach().clone() for n, d in down.items()})
+
+
+def _latents(pipe, images: list[Image.Image]) -> torch.Tensor:
+    with torch.no_grad():
+        return D.to_latents(pipe, images)
+
+
+def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dict[str, list[Image.Image]],
+                    preserve: list[tuple[str, Image.Image]], templates: tuple[str, ...], config: FinetuneConfig,
+                    progress=None) -> tuple[Patch, dict]:
+    """Train a LoRA over ``patch`` for ``config.minmax_steps`` defender steps (module docstring).
+
+    ``images``: pictures of each concept (by name); ``preserve``: (prompt, picture) pairs of
+    concepts to keep; ``templates``: prompt templates with one ``{}``. Returns the new patch and
+    first/last loss averages.
+    """
+    D.check_trainable(pipe)
+    if patch.gate is not None:
+        raise EditflowError("--finetune minmax trains over an ungated closed form (a gate lets the attacker's "
+                            "tokens through); compute the patch with gated=False")
+    rng = random.Random(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    sched = pipe.scheduler
+    modules = patch.targets.find(pipe.unet)
+    lora = PatchLoRA(patch, modules, config.lora_rank, config.seed)
+    opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
+    x_concept = {c.name: _latents(pipe, images[c.name]) for c in concepts}
+    x_keep = _latents(pipe, [img for _, img in preserve]) if preserve else None
+    keep_prompts = [p for p, _ in preserve]
+    B = config.batch
+
+    def noised(x_all: torch.Tensor, idx: list[int]):
+        x0 = x_all[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = D.sample_timesteps(sched, len(idx), gen)
+        return x0, noise, t, D.add_noise(sched, x0, noise, t)
+
+    def start(concept: ConceptSpec, k: int) -> torch.Tensor:
+        word = [concept.anchor.strip() or None, None][k % 2]
+        return initial_embedding(pipe, InversionConfig(init_word=word))
+
+    tokens = {c.name: f"<minmax-{i}>" for i, c in enumerate(concepts)}
+    bank: dict[str, list[torch.Tensor]] = {c.name: [] for c in concepts}
+    restarts = {c.name: 0 for c in concepts}
+    history: list[dict] = []
+    with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)), ExitStack() as stack:
+        attacker = {c.name: stack.enter_context(trainable_token(pipe, tokens[c.name], start(c, 0))) for c in concepts}
+        attacker_opt = {n: torch.optim.Adam([v], lr=config.attack_lr) for n, v in attacker.items()}
+        for step in range(config.minmax_steps):
+            concept = concepts[step % len(concepts)]
+            name, v, tok = concept.name, attacker[concept.name], tokens[concept.name]
+            done = step // len(concepts)  # this concept's defender steps so far
+            if done and done % config.restart == 0:  # file the attacker, start a fresh one
+                restarts[name] += 1
+                bank[name].append(v.detach().clone())
+                with torch.no_grad():
+                    v.copy_(start(concept, restarts[name]))
+                attacker_opt[name] = torch.optim.Adam([v], lr=config.attack_lr)
+            up, down = lora.factors()
+            frozen_up = {n: u.detach() for n, u in up.items()}
+            frozen_down = {n: d.detach() for n, d in down.items()}
+            x_all = x_concept[name]
+            for _ in range(config.attacker_steps):  # the attacker: textual inversion against the patch
+                x0, noise, t, x_t = noised(x_all, [rng.randrange(len(x_all)) for _ in range(B)])
+                prompts = [rng.choice(templates).format(tok) for _ in range(B)]
+                with linear_deltas(modules, frozen_up, frozen_down):
+                    attack = F.mse_loss(D.unet_output(pipe, x_t, t, D.text_features(pipe, prompts)),
+                                        D.target(sched, x0, noise, t))
+                attacker_opt[name].zero_grad(set_to_none=True)
+                attack.backward()
+                attacker_opt[name].step()
+            x0, noise, t, x_t = noised(x_all, [rng.randrange(len(x_all)) for _ in range(B)])
+            chosen = [rng.choice(templates) for _ in range(B)]
+            with torch.no_grad():
+                adv = [D.text_features(pipe, [s.format(tok) for s in chosen])]
+                if bank[name] and config.replay:
+                    now = v.detach().clone()
+                    for past in rng.sample(bank[name], min(config.replay, len(bank[name]))):
+                        v.copy_(past)
+                        adv.append(D.text_features(pipe, [s.format(tok) for s in chosen]))
+                    v.copy_(now)
+                words = D.text_features(pipe, [s.format(rng.choice(concept.words)) for s in chosen])
+                neutral = D.unet_output(pipe, x_t, t, D.text_features(
+                    pipe, [s.format(concept.anchor).strip() for s in chosen]))
+                goal = neutral - config.eta * (D.unet_output(pipe, x_t, t, words) - neutral)
+                if x_keep is not None:
+                    kidx = [rng.randrange(len(x_keep)) for _ in range(B)]
+                    _, _, tk, xk_t = noised(x_keep, kidx)
+                    fk = D.text_features(pipe, [keep_prompts[i] for i in kidx])
+                    keep_goal = D.unet_output(pipe, xk_t, tk, fk)
+            up, down = lora.factors()
+            with linear_deltas(modules, up, down):
+                adversarial = sum(F.mse_loss(D.unet_output(pipe, x_t, t, f), goal) for f in adv) / len(adv)
+                word = F.mse_loss(D.unet_output(pipe, x_t, t, words), goal)
+                keep = (F.mse_loss(D.unet_output(pipe, xk_t, tk, fk), keep_goal) if x_keep is not None
+                        else torch.zeros(()))
+            loss = adversarial + word + config.minmax_preserve * keep
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append({"loss": loss.item(), "attack": attack.item(), "adversarial": adversarial.item(),
+                            "word": word.item(), "preserve": keep.item()})
+            if progress is not None:
+                progress(1, history[-1])
+    k = max(1, len(history) // 5)
+    facts = {key: {"first": sum(h[key] for h in history[:k]) / k, "last": sum(h[key] for h in history[-k:]) / k}
+             for key in ("loss", "attack", "adversarial", "word", "preserve")} if history else {}
+    facts["attacker_restarts"] = sum(restarts.values())
+    return Patch(lora.edit(), None, dict(patch.metadata)), facts
