@@ -148,11 +148,12 @@ def test_real_size_architecture(arch, world_tokenizer):
 
 @pytest.mark.parametrize("arch", ["sd15", "sd21"])
 def test_inversion_and_fmn_steps_run_on_the_architecture(arch, small):
-    """One inversion and one FMN step at SD 1.5 / 2.1 layout (768 / 1024-d text, 77 tokens)."""
+    """One inversion, one FMN step and two minmax steps at SD 1.5 / 2.1 layout (768 / 1024-d text, 77 tokens)."""
     from PIL import Image
 
     from editflow.finetune import FinetuneConfig
     from editflow.finetune.fmn import fmn_finetune
+    from editflow.finetune.minmax import minmax_finetune
     from editflow.inversion import InversionConfig, invert
 
     pipe = small(arch)
@@ -166,6 +167,13 @@ def test_inversion_and_fmn_steps_run_on_the_architecture(arch, small):
         cfg = FinetuneConfig(mode="fmn", steps=1, batch=1, fallbacks=1)
         tuned, facts = fmn_finetune(pipe, patch, [("a red star", "star")], ["a circle"], cfg)
         assert tuned.edit.rank == patch.edit.rank + cfg.extra_rank and np.isfinite(facts["loss"]["last"])
+        # minmax: two defender steps over the ungated closed form, the attacker restarted between them
+        ungated = get_method("ace").compute(pipe, _request(), get_method("ace").config_class(gated=False))
+        cfg = FinetuneConfig(mode="minmax", minmax_steps=2, restart=1, attacker_steps=1, batch=1, lora_rank=2)
+        tuned, facts = minmax_finetune(pipe, ungated, _request().concepts, {"star": images[:1]},
+                                       [("a circle", images[1])], ("a {}",), cfg)
+        assert tuned.edit.rank == ungated.edit.rank + 2 and facts["attacker_restarts"] == 1
+        assert np.isfinite(facts["loss"]["last"]) and len(pipe.tokenizer) == n_tokens
     finally:
         pipe.unet.register_to_config(sample_size=size)
 

@@ -199,7 +199,7 @@ def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pi
     state, n_tok = _state(pipe), len(pipe.tokenizer)
     seen = []
     ft = FinetuneConfig(mode="minmax", minmax_steps=3, restart=1, replay=1, attacker_steps=1, lora_rank=2,
-                        references=2, keep_images=1, batch=2)
+                        references=2, keep_images=1, batch=2, preserve_focus=0.5)
     tuned = finetune(pipe, req, patch, lambda r: method.compute(pipe, r, ACEConfig(gated=False)), ft,
                      progress=lambda event, info: seen.append(event))
     assert seen == ["step"] * 3
@@ -217,3 +217,39 @@ def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pi
     assert all(torch.equal(v, state_after[k]) for k, v in state.items())
     with pytest.raises(EditflowError, match="ungated"):
         finetune(pipe, req, method.compute(pipe, req, ACEConfig()), lambda r: None, ft)
+
+
+def test_minmax_defender_moves_the_concept_towards_the_negatively_guided_target(pipe):
+    """The defender's objective, on a batch training never saw: with the patch, the prediction for
+    the concept's word on its noised images approaches ESD's target of the base model,
+    ε(x_t, anchor) − η (ε(x_t, concept) − ε(x_t, anchor)) (Gandikota et al. 2023, eq. 3)."""
+    from editflow.finetune.minmax import minmax_finetune
+    from editflow.finetune.run import preserve_images, reference_images
+
+    req = _request()
+    concept = req.concepts[0]
+    patch = get_method("ace").compute(pipe, req, ACEConfig(gated=False))
+    plain = ("a {}", "a picture of a {}")
+    images = reference_images(pipe, concept, plain, 4)
+    keep = preserve_images(pipe, req.preserve, plain, 1)
+    assert [p for p, _ in keep] == ["a circle", "a picture of a heart"]  # templates in turn across concepts
+    ft = FinetuneConfig(mode="minmax", minmax_steps=30, minmax_lr=1e-2, restart=10, attacker_steps=1, lora_rank=4,
+                        batch=2, minmax_preserve=1.0, eta=1.0)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        x0 = D.to_latents(pipe, images)
+        t = torch.tensor([200, 400, 600, 800])
+        x_t = D.add_noise(pipe.scheduler, x0, torch.randn(x0.shape, generator=gen), t)
+        word, anchor = D.text_features(pipe, ["a star"] * 4), D.text_features(pipe, ["a shape"] * 4)
+        e_anchor = D.unet_output(pipe, x_t, t, anchor)
+        goal = e_anchor - ft.eta * (D.unet_output(pipe, x_t, t, word) - e_anchor)
+
+    def gap(p):
+        with torch.no_grad(), p.apply(pipe):
+            return torch.nn.functional.mse_loss(D.unet_output(pipe, x_t, t, word), goal).item()
+
+    before = gap(patch)
+    tuned, facts = minmax_finetune(pipe, patch, [concept], {"star": images}, keep, plain, ft)
+    after = gap(tuned)
+    assert after < 0.7 * before, (before, after)
+    assert facts["word"]["last"] < facts["word"]["first"] and facts["attacker_restarts"] == 2

@@ -129,6 +129,8 @@ def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, stor
     ({"name": "x", "concepts": [{"synonyms": ["a"]}]}, "a concept is a word"),
     ({"name": "x", "concepts": ["star"], "finetune": "deep"}, "bad 'finetune'"),
     ({"name": "x", "concepts": ["star"], "finetune": {"mode": "adv", "rounds": -1}}, "rounds must be >= 0"),
+    ({"name": "x", "concepts": ["star"], "finetune": {"mode": "minmax", "preserve_focus": 2}},
+     "preserve_focus must be between 0 and 1"),
 ])
 def test_bad_policies_are_refused(data, message):
     from editflow.errors import EditflowError

@@ -37,8 +37,10 @@ def reference_images(pipe, concept: ConceptSpec, templates: tuple[str, ...], n: 
 
 def preserve_images(pipe, words: list[str], templates: tuple[str, ...], per_concept: int, seed: int = 0
                     ) -> list[tuple[str, Image.Image]]:
-    """(prompt, image) pairs: ``per_concept`` drawings of each preserved concept by the base model."""
-    prompts = [templates[i % len(templates)].format(w) for w in words for i in range(per_concept)]
+    """(prompt, image) pairs: ``per_concept`` drawings of each preserved concept by the base model,
+    the templates taken in turn across concepts (so few images per concept still see them all)."""
+    prompts = [templates[(j * per_concept + i) % len(templates)].format(w)
+               for j, w in enumerate(words) for i in range(per_concept)]
     if not prompts:
         return []
     return list(zip(prompts, generate(pipe, prompts, [seed * 100_003 + 70_000 + i for i in range(len(prompts))])))
