@@ -45,6 +45,9 @@ class FinetuneConfig:
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
     keep_images: int = field(default=2, metadata={"help": "minmax: images the base model draws per preserved concept"})
+    keep_templates: tuple[str, ...] = field(default=("{}", "a {}"), metadata={
+        "help": "minmax: prompt templates of the preserved concepts' images (the scene contexts or the attack's "
+                "'a photo of a {}' cost robustness: docs/benchmarks.md)"})
     preserve_focus: float = field(default=0.0, metadata={
         "help": "minmax: share of preserved images drawn in proportion to their running error (0: uniform)"})
     seed: int = 0
@@ -62,5 +65,8 @@ class FinetuneConfig:
             raise ValueError("lr, attack_lr, pgd_radius and minmax_lr must be > 0")
         if self.eta < 0 or self.minmax_preserve < 0:
             raise ValueError("eta and minmax_preserve must be >= 0")
+        self.keep_templates = tuple(self.keep_templates)
+        if not self.keep_templates or any(t.count("{}") != 1 for t in self.keep_templates):
+            raise ValueError("keep_templates: each needs exactly one '{}' for the concept")
         if not 0 <= self.preserve_focus <= 1:
             raise ValueError("preserve_focus must be between 0 and 1")

@@ -80,7 +80,7 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
             for c in request.concepts:
                 if c.name not in images:
                     images[c.name] = reference_images(pipe, c, plain, config.references, config.seed)
-            keep = preserve_images(pipe, request.preserve, plain, config.keep_images, config.seed)
+            keep = preserve_images(pipe, request.preserve, config.keep_templates, config.keep_images, config.seed)
             patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
                                            progress=lambda n, h: report("step", h))
         return _with_metadata(patch, config, adv, facts, t0)
