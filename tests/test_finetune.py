@@ -188,9 +188,10 @@ def test_esd_x_trains_a_patch_and_leaves_the_base(pipe, preserve_weight):
             assert not torch.allclose(base, _unet_step(pipe, ["a star"]))
 
 
-def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe):
-    """minmax: the attacker restarts into its bank, only the LoRA trains (base bit-identical, the
-    closed form's factors kept as they were), and a gated patch is refused with a clear error."""
+@pytest.mark.parametrize("restart, restarts", [(1, 2), (0, 0)])  # 0: one persistent attacker
+def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe, restart, restarts):
+    """minmax: the attacker restarts into its bank (or never), only the LoRA trains (base
+    bit-identical, the closed form's factors kept as they were), and a gated patch is refused."""
     from editflow.errors import EditflowError
 
     req = _request()
@@ -198,13 +199,13 @@ def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pi
     patch = method.compute(pipe, req, ACEConfig(gated=False))
     state, n_tok = _state(pipe), len(pipe.tokenizer)
     seen = []
-    ft = FinetuneConfig(mode="minmax", minmax_steps=3, restart=1, replay=1, attacker_steps=1, lora_rank=2,
+    ft = FinetuneConfig(mode="minmax", minmax_steps=3, restart=restart, replay=1, attacker_steps=1, lora_rank=2,
                         references=2, keep_images=1, batch=2, preserve_focus=0.5)
     tuned = finetune(pipe, req, patch, lambda r: method.compute(pipe, r, ACEConfig(gated=False)), ft,
                      progress=lambda event, info: seen.append(event))
     assert seen == ["step"] * 3
     losses = tuned.metadata["finetune"]["losses"]
-    assert losses["attacker_restarts"] == 2 and set(losses) >= {"attack", "adversarial", "word", "preserve"}
+    assert losses["attacker_restarts"] == restarts and set(losses) >= {"attack", "adversarial", "word", "preserve"}
     assert tuned.gate is None and not tuned.edit.shared
     for name, up in patch.edit.up.items():
         r = up.shape[1]

@@ -40,7 +40,8 @@ class FinetuneConfig:
     eta: float = field(default=2.0, metadata={
         "help": "minmax: negative guidance of the target, ε(anchor) − η (ε(concept) − ε(anchor)) (ESD eq. 3)"})
     attacker_steps: int = field(default=4, metadata={"help": "minmax: attacker inversion steps per defender step"})
-    restart: int = field(default=40, metadata={"help": "minmax: defender steps before the attacker starts afresh"})
+    restart: int = field(default=40, metadata={
+        "help": "minmax: defender steps before the attacker starts afresh (0: never, one persistent attacker)"})
     replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
@@ -54,11 +55,10 @@ class FinetuneConfig:
 
     def __post_init__(self):
         self.mode = FinetuneMode(self.mode)
-        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay"):
+        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay", "restart"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "restart",
-                     "keep_images"):
+        for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "keep_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0 or self.attack_lr <= 0 or self.pgd_radius <= 0 or self.minmax_lr <= 0:

@@ -149,7 +149,7 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
             concept = concepts[step % len(concepts)]
             name, v, tok = concept.name, attacker[concept.name], tokens[concept.name]
             done = step // len(concepts)  # this concept's defender steps so far
-            if done and done % config.restart == 0:  # file the attacker, start a fresh one
+            if done and config.restart and done % config.restart == 0:  # file the attacker, start a fresh one
                 restarts[name] += 1
                 bank[name].append(v.detach().clone())
                 with torch.no_grad():
