@@ -2,7 +2,7 @@
 ACE + fine-tuning (adv, fmn, minmax) vs ACE closed form (anchor targets, gated; zero targets,
 ungated) vs UCE vs ESD-x/u, including the concept-inversion attack (best of 3 tries per concept).
 
-    python bench/finetune_quality.py [--concepts star kasimir zorbo] [--variants ...] [--images 24]
+    python bench/finetune_quality.py [--concepts star kasimir zorbo] [--variants ...] [--images 24] [--attack-steps 150]
 
 Each patch is computed and judged as `editflow erase --patch-only [--finetune ...]` and
 `editflow eval` do (``run_erase``, ``run_eval`` with the attack on). Specificity is the
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--concepts", nargs="+", default=["star", "kasimir", "zorbo"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--attack-steps", type=int, default=150,
+                    help="the attack's inversion steps (400: the fourth round in docs/benchmarks.md)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,7 +52,8 @@ def main() -> None:
             method, options, finetune = VARIANTS[variant]
             patch, _ = run_erase(EraseJob([concept], method, options=options, finetune=finetune), pipe)
             path = patch.save(work / f"{concept}-{variant}.safetensors")
-            outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache")), pipe)
+            outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache"),
+                                       attack_steps=args.attack_steps), pipe)
             m = outcome.result.metrics
 
             def fmt(k, m=m):

@@ -40,8 +40,9 @@ class FinetuneConfig:
     eta: float = field(default=2.0, metadata={
         "help": "minmax: negative guidance of the target, ε(anchor) − η (ε(concept) − ε(anchor)) (ESD eq. 3)"})
     attacker_steps: int = field(default=4, metadata={"help": "minmax: attacker inversion steps per defender step"})
-    restart: int = field(default=40, metadata={
-        "help": "minmax: defender steps before the attacker starts afresh (0: never, one persistent attacker)"})
+    restart: int = field(default=0, metadata={
+        "help": "minmax: defender steps before the attacker starts afresh; 0: never, one persistent attacker "
+                "(restarting every 40 lost to a 400-step attack: docs/benchmarks.md, fourth round)"})
     replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})

@@ -7,8 +7,9 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
 
 * **attacker** -- one learned token per concept, trained by textual inversion (Gal et al. 2023,
   eq. 2) against the *current* patched model on images of the concept, ``attacker_steps`` Adam
-  steps per defender step; every ``restart`` steps it is filed in a replay bank and starts again
-  from the concept's anchor word or the vocabulary's mean embedding (alternating);
+  steps per defender step, for the whole run (``restart = 0``, the default) or, every ``restart``
+  steps, filed in a replay bank and started again from the concept's anchor word or the
+  vocabulary's mean embedding (alternating);
 * **defender** -- a rank-``lora_rank`` LoRA on every target projection (``attn2.to_k/to_v``),
   added to the closed-form patch (zero-initialised, so training starts from it), trained so that
   on noised images of the concept the current token, ``replay`` tokens from the bank and the
@@ -20,8 +21,10 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
   blade and cross, the pointed shapes next to a star) instead of tightening everywhere; off by
   default until measured over training seeds (docs/benchmarks.md, third round).
 
-Against the evaluation's 150-step attacker this brings star to 0.08; a 400-step attacker still
-recovers it (0.96): the defender learns to beat attackers of about its own budget.
+Restarting every 40 steps, the defender learned to beat attackers of about their budget (star:
+0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one); one persistent
+attacker gave star 0.13 and zorbo 0.04 against 400 steps, but star 0.63 with another training
+seed (docs/benchmarks.md, fourth round).
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
