@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from editflow.edits.closed_form import LowRankEdit
-from editflow.edits.esd.method import linear_deltas
+from editflow.edits.esd.method import esd_target, linear_deltas
 from editflow.edits.patch import Patch
 from editflow.edits.request import ConceptSpec
 from editflow.errors import EditflowError
@@ -80,11 +80,6 @@ class PatchLoRA(torch.nn.Module):
                            {n: d.detach().clone() for n, d in down.items()})
 
 
-def _latents(pipe, images: list[Image.Image]) -> torch.Tensor:
-    with torch.no_grad():
-        return D.to_latents(pipe, images)
-
-
 def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dict[str, list[Image.Image]],
                     preserve: list[tuple[str, Image.Image]], templates: tuple[str, ...], config: FinetuneConfig,
                     progress=None) -> tuple[Patch, dict]:
@@ -104,8 +99,8 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     modules = patch.targets.find(pipe.unet)
     lora = PatchLoRA(patch, modules, config.lora_rank, config.seed)
     opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
-    x_concept = {c.name: _latents(pipe, images[c.name]) for c in concepts}
-    x_keep = _latents(pipe, [img for _, img in preserve]) if preserve else None
+    x_concept = {c.name: D.to_latents(pipe, images[c.name]) for c in concepts}
+    x_keep = D.to_latents(pipe, [img for _, img in preserve]) if preserve else None
     keep_prompts = [p for p, _ in preserve]
     B = config.batch
     keep_err = None  # running preservation error per preserved image (for preserve_focus)
@@ -184,7 +179,7 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                 words = D.text_features(pipe, [s.format(rng.choice(concept.words)) for s in chosen])
                 neutral = D.unet_output(pipe, x_t, t, D.text_features(
                     pipe, [s.format(concept.anchor).strip() for s in chosen]))
-                goal = neutral - config.eta * (D.unet_output(pipe, x_t, t, words) - neutral)
+                goal = esd_target(neutral, D.unet_output(pipe, x_t, t, words), config.eta)
             up, down = lora.factors()
             with linear_deltas(modules, up, down):
                 adversarial = sum(F.mse_loss(D.unet_output(pipe, x_t, t, f), goal) for f in adv) / len(adv)

@@ -46,6 +46,16 @@ def preserve_images(pipe, words: list[str], templates: tuple[str, ...], per_conc
     return list(zip(prompts, generate(pipe, prompts, [seed * 100_003 + 70_000 + i for i in range(len(prompts))])))
 
 
+def _with_references(pipe, request: EraseRequest, images: dict[str, list[Image.Image]] | None,
+                     templates: tuple[str, ...], config: FinetuneConfig) -> dict[str, list[Image.Image]]:
+    """``images`` with the base model's drawings (:func:`reference_images`) for concepts it lacks."""
+    out = dict(images or {})
+    for c in request.concepts:
+        if c.name not in out:
+            out[c.name] = reference_images(pipe, c, templates, config.references, config.seed)
+    return out
+
+
 def with_tokens(request: EraseRequest, tokens: list[LearnedTokens]) -> EraseRequest:
     """``request`` with each learned token added to the words of the concept it was learned for."""
     extra: dict[str, tuple[str, ...]] = {}
@@ -75,20 +85,14 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
         # the attack's own plain templates ("a photo of a {}"), not the request's scene contexts: the
         # attacker and the defender play on the prompts the evaluation's attacker uses
         plain = InversionConfig().templates
-        images = dict(images or {})
         with learned_tokens(pipe, *given):
-            for c in request.concepts:
-                if c.name not in images:
-                    images[c.name] = reference_images(pipe, c, plain, config.references, config.seed)
+            images = _with_references(pipe, request, images, plain, config)
             keep = preserve_images(pipe, request.preserve, config.keep_templates, config.keep_images, config.seed)
             patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
                                            progress=lambda n, h: report("step", h))
         return _with_metadata(patch, config, adv, facts, t0)
     if config.mode is FinetuneMode.adv and config.rounds:
-        images = dict(images or {})
-        for c in request.concepts:
-            if c.name not in images:
-                images[c.name] = reference_images(pipe, c, request.templates, config.references, config.seed)
+        images = _with_references(pipe, request, images, request.templates, config)
         for r in range(config.rounds):
             concept = request.concepts[r % len(request.concepts)]
             with learned_tokens(pipe, *given):
