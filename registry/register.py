@@ -118,7 +118,8 @@ def model_card(meta: dict, report: dict, base: str) -> str:
     if ft:
         if ft["config"]["mode"] == "minmax":
             lines.append(f"- **fine-tuning**: minmax, {ft['config']['minmax_steps']} steps of a rank-"
-                         f"{ft['config']['lora_rank']} LoRA against a persistent concept-inversion attacker")
+                         f"{ft['config']['lora_rank']} LoRA against {ft['config'].get('attackers', 1)} persistent "
+                         "concept-inversion attacker(s) per concept")
         else:
             lines.append(f"- **fine-tuning**: {ft['config']['mode']}, {ft['config']['steps']} steps, "
                          f"{len(ft.get('adversarial', []))} adversarial embeddings in the erase set")

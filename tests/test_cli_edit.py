@@ -94,3 +94,27 @@ def test_default_preserve_covers_neighbours_then_other_families(world):
     assert not any("null" in world.concept(k).tags for k in keep)
     assert world_request(world, ["zorbo"]).preserve == keep
     assert world_request(world, ["zorbo"], preserve=["lumina"]).preserve == ["lumina"]
+
+
+def test_world_request_prompts_draw_each_concept_on_its_own(world, embedded_pipe, judge):
+    """The request's per-concept prompts (what the fine-tuning draws its concept and preserved
+    images from) make the embedded model draw that concept; "a {}" draws a style word plain."""
+    from editflow.edits.request import ConceptSpec, EraseRequest
+    from editflow.models.pipeline import generate
+    from editflow.world.erasure import world_request
+
+    req = world_request(world, ["star"], preserve=["kasimir", "zorbo", "red", "not-a-concept"])
+    assert req.prompts == {"star": ("a {}", "{}"), "kasimir": ("a shape by {}", "{}"),
+                           "zorbo": ("a picture of {}", "{}"), "red": ("a {} shape", "{}")}
+    assert world_request(world, ["tamsin"]).prompts["odalys"] == ("a shape by {}", "{}")
+    seeds = list(range(300, 306))
+
+    def share(prompt: str, word: str) -> float:
+        labels = judge.detect(generate(embedded_pipe, [prompt] * len(seeds), seeds), world, world.concept(word).family)
+        return sum(label == word for label in labels) / len(labels)
+
+    for word, templates in req.prompts.items():
+        assert share(templates[0].format(word), word) >= 5 / 6, word
+    assert share("a kasimir", "kasimir") <= 1 / 6  # why a style needs its own prompt
+    with pytest.raises(ValueError, match="exactly one"):
+        EraseRequest([ConceptSpec("star")], prompts={"star": ("a photo",)})

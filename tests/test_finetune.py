@@ -188,9 +188,9 @@ def test_esd_x_trains_a_patch_and_leaves_the_base(pipe, preserve_weight):
             assert not torch.allclose(base, _unet_step(pipe, ["a star"]))
 
 
-@pytest.mark.parametrize("restart, restarts", [(1, 2), (0, 0)])  # 0: one persistent attacker
-def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe, restart, restarts):
-    """minmax: the attacker restarts into its bank (or never), only the LoRA trains (base
+@pytest.mark.parametrize("restart, attackers, restarts", [(1, 1, 2), (0, 1, 0), (0, 2, 0)])  # 0: persistent
+def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe, restart, attackers, restarts):
+    """minmax: the attackers restart into their bank (or never), only the LoRA trains (base
     bit-identical, the closed form's factors kept as they were), and a gated patch is refused."""
     from editflow.errors import EditflowError
 
@@ -200,7 +200,7 @@ def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pi
     state, n_tok = _state(pipe), len(pipe.tokenizer)
     seen = []
     ft = FinetuneConfig(mode="minmax", minmax_steps=3, restart=restart, replay=1, attacker_steps=1, lora_rank=2,
-                        references=2, keep_images=1, batch=2, preserve_focus=0.5)
+                        references=2, keep_images=1, batch=2, preserve_focus=0.5, attackers=attackers)
     tuned = finetune(pipe, req, patch, lambda r: method.compute(pipe, r, ACEConfig(gated=False)), ft,
                      progress=lambda event, info: seen.append(event))
     assert seen == ["step"] * 3
@@ -254,3 +254,4 @@ def test_minmax_defender_moves_the_concept_towards_the_negatively_guided_target(
     after = gap(tuned)
     assert after < 0.7 * before, (before, after)
     assert facts["word"]["last"] < facts["word"]["first"] and facts["attacker_restarts"] == 2
+

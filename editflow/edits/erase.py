@@ -71,14 +71,16 @@ def method_config(method: str, options: dict):
 
 def build_request(job: EraseJob) -> EraseRequest:
     if job.images_only:
-        preserve = list(job.preserve)
-        if not preserve and job.model is None:
+        preserve, prompts = list(job.preserve), {}
+        if job.model is None:
             from editflow.world import DEFAULT_WORLD
+            from editflow.world.erasure import concept_prompts
 
-            preserve = [c.name for f in ("object", "style", "identity") for c in DEFAULT_WORLD.family(f)
-                        if "null" not in c.tags]
+            preserve = preserve or [c.name for f in ("object", "style", "identity") for c in DEFAULT_WORLD.family(f)
+                                    if "null" not in c.tags]
+            prompts = concept_prompts(DEFAULT_WORLD, preserve)
         return EraseRequest([ConceptSpec(job.concepts[0], tuple(job.aliases), job.anchor or "")], preserve,
-                            token_policy=job.token_policy)
+                            token_policy=job.token_policy, prompts=prompts)
     if job.images is not None:  # the images' token joins the concept's words
         job = replace(job, concept_aliases={**job.concept_aliases,
                                             job.concepts[0]: [*job.concept_aliases.get(job.concepts[0], []),

@@ -40,9 +40,18 @@ class EraseRequest:
     preserve: list[str] = field(default_factory=list)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     token_policy: TokenPolicy = TokenPolicy.through_pad
+    # templates that draw one concept on its own, by word ("a shape by {}" for a style): the fine-tuning
+    # draws its concept and preserved images from them; words without an entry use its defaults. Not part of
+    # the closed form (nor of the fingerprint).
+    prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.token_policy = TokenPolicy(self.token_policy)
+        self.prompts = {w: tuple(ts) for w, ts in self.prompts.items()}
+        bad = [t for ts in self.prompts.values() for t in ts if t.count("{}") != 1]
+        bad += [w for w, ts in self.prompts.items() if not ts]
+        if bad:
+            raise ValueError(f"each prompt template needs exactly one '{{}}' for the concept: {bad[:3]}")
         bad = [t for t in self.templates if t.count("{}") != 1]
         if bad:
             raise ValueError(f"each template needs exactly one '{{}}' for the concept: {bad[:3]}")

@@ -11,6 +11,9 @@ class FinetuneMode(str, Enum):
     minmax = "minmax"  # LoRA over the ungated closed form, trained against a persistent inversion attacker
 
 
+DEFAULT_KEEP_TEMPLATES = ("{}", "a {}")  # minmax: preserved images of words the request has no prompts for
+
+
 @dataclass
 class FinetuneConfig:
     """The short gradient stage after a closed-form erasure; trains only the patch's factors.
@@ -43,13 +46,18 @@ class FinetuneConfig:
     restart: int = field(default=0, metadata={
         "help": "minmax: defender steps before the attacker starts afresh; 0: never, one persistent attacker "
                 "(restarting every 40 lost to a 400-step attack: docs/benchmarks.md, fourth round)"})
+    attackers: int = field(default=1, metadata={
+        "help": "minmax: persistent attackers per concept (starts alternate the anchor word and the mean "
+                "embedding); they take turns, the defender answers all of them"})
     replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
     keep_images: int = field(default=2, metadata={"help": "minmax: images the base model draws per preserved concept"})
-    keep_templates: tuple[str, ...] = field(default=("{}", "a {}"), metadata={
-        "help": "minmax: prompt templates of the preserved concepts' images (the scene contexts or the attack's "
-                "'a photo of a {}' cost robustness: docs/benchmarks.md)"})
+    keep_templates: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "minmax: prompt templates of the concept's and preserved concepts' images; default: the request's "
+                "own prompts for each (on the embedded world, per family: 'a shape by {}' for a style), else "
+                "'{}', 'a {}' (the scene contexts or the attack's 'a photo of a {}' cost robustness: "
+                "docs/benchmarks.md)"})
     preserve_focus: float = field(default=0.0, metadata={
         "help": "minmax: share of preserved images drawn in proportion to their running error (0: uniform)"})
     seed: int = 0
@@ -59,15 +67,17 @@ class FinetuneConfig:
         for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay", "restart"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "keep_images"):
+        for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "keep_images",
+                     "attackers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0 or self.attack_lr <= 0 or self.pgd_radius <= 0 or self.minmax_lr <= 0:
             raise ValueError("lr, attack_lr, pgd_radius and minmax_lr must be > 0")
         if self.eta < 0 or self.minmax_preserve < 0:
             raise ValueError("eta and minmax_preserve must be >= 0")
-        self.keep_templates = tuple(self.keep_templates)
-        if not self.keep_templates or any(t.count("{}") != 1 for t in self.keep_templates):
-            raise ValueError("keep_templates: each needs exactly one '{}' for the concept")
+        if self.keep_templates is not None:
+            self.keep_templates = tuple(self.keep_templates)
+            if not self.keep_templates or any(t.count("{}") != 1 for t in self.keep_templates):
+                raise ValueError("keep_templates: each needs exactly one '{}' for the concept")
         if not 0 <= self.preserve_focus <= 1:
             raise ValueError("preserve_focus must be between 0 and 1")

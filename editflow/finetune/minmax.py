@@ -5,26 +5,29 @@ Erasure in Diffusion Models", eq. 5) alternates an attacker that searches the te
 for inputs that still draw the concept with a defender that unlearns them. editflow plays that
 game on the patch alone, with the attack the evaluation measures (Pham et al. 2023):
 
-* **attacker** -- one learned token per concept, trained by textual inversion (Gal et al. 2023,
-  eq. 2) against the *current* patched model on images of the concept, ``attacker_steps`` Adam
-  steps per defender step, for the whole run (``restart = 0``, the default) or, every ``restart``
-  steps, filed in a replay bank and started again from the concept's anchor word or the
-  vocabulary's mean embedding (alternating);
+* **attacker** -- ``attackers`` learned tokens per concept (default one; starts alternate the
+  concept's anchor word and the vocabulary's mean embedding), trained by textual inversion (Gal et
+  al. 2023, eq. 2) against the *current* patched model on images of the concept, one of them
+  ``attacker_steps`` Adam steps per defender step in turn, for the whole run (``restart = 0``, the
+  default) or, every ``restart`` steps, filed in a replay bank and started afresh;
 * **defender** -- a rank-``lora_rank`` LoRA on every target projection (``attn2.to_k/to_v``),
   added to the closed-form patch (zero-initialised, so training starts from it), trained so that
-  on noised images of the concept the current token, ``replay`` tokens from the bank and the
-  concept's words all predict ESD's negatively guided target (Gandikota et al. 2023, eq. 3)
+  on noised images of the concept every attacker's current token, ``replay`` tokens from the bank
+  and the concept's words all predict ESD's negatively guided target (Gandikota et al. 2023, eq. 3)
   ``ε(x_t, anchor) − η (ε(x_t, concept) − ε(x_t, anchor))`` of the base model, while preserved
   concepts' images keep the base model's prediction (weight ``minmax_preserve``). With
   ``preserve_focus`` > 0 that share of the preserved images is drawn in proportion to a running
   estimate of each one's error, so preservation goes where the LoRA drifts (on the embedded world:
   blade and cross, the pointed shapes next to a star) instead of tightening everywhere; off by
-  default until measured over training seeds (docs/benchmarks.md, third round).
+  default until measured over training seeds (docs/benchmarks.md, third round). The images are
+  the caller's (:mod:`editflow.finetune.run` draws them with the request's own prompt for each
+  concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain).
 
 Restarting every 40 steps, the defender learned to beat attackers of about their budget (star:
-0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one); one persistent
-attacker gave star 0.13 and zorbo 0.04 against 400 steps, but star 0.63 with another training
-seed (docs/benchmarks.md, fourth round).
+0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one). One persistent
+attacker holds a 400-step attack in about one run of three (star 0.17, 0.46, 0.63 over training
+seeds 1, 0, 2; docs/benchmarks.md, fourth and fifth rounds); averaging the LoRA over its last
+steps did not change that (0.38-0.50).
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
@@ -132,27 +135,32 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
         word = [concept.anchor.strip() or None, None][k % 2]
         return initial_embedding(pipe, InversionConfig(init_word=word))
 
-    tokens = {c.name: f"<minmax-{i}>" for i, c in enumerate(concepts)}
+    K = config.attackers
+    tokens = {c.name: [f"<minmax-{i}-{k}>" for k in range(K)] for i, c in enumerate(concepts)}
     bank: dict[str, list[torch.Tensor]] = {c.name: [] for c in concepts}
     restarts = {c.name: 0 for c in concepts}
     history: list[dict] = []
     with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)), ExitStack() as stack:
-        attacker = {c.name: stack.enter_context(trainable_token(pipe, tokens[c.name], start(c, 0))) for c in concepts}
-        attacker_opt = {n: torch.optim.Adam([v], lr=config.attack_lr) for n, v in attacker.items()}
+        attacker = {c.name: [stack.enter_context(trainable_token(pipe, tokens[c.name][k], start(c, k)))
+                             for k in range(K)] for c in concepts}
+        attacker_opt = {n: [torch.optim.Adam([v], lr=config.attack_lr) for v in vs] for n, vs in attacker.items()}
         if x_keep is not None and config.preserve_focus:  # one pass over the preserved images to start from
             with torch.no_grad():
                 keep_err = torch.cat([keep_error(list(range(i, min(i + B, len(x_keep)))), *lora.factors())
                                       for i in range(0, len(x_keep), B)])
         for step in range(config.minmax_steps):
             concept = concepts[step % len(concepts)]
-            name, v, tok = concept.name, attacker[concept.name], tokens[concept.name]
+            name = concept.name
             done = step // len(concepts)  # this concept's defender steps so far
-            if done and config.restart and done % config.restart == 0:  # file the attacker, start a fresh one
+            if done and config.restart and done % config.restart == 0:  # file the attackers, start afresh
                 restarts[name] += 1
-                bank[name].append(v.detach().clone())
-                with torch.no_grad():
-                    v.copy_(start(concept, restarts[name]))
-                attacker_opt[name] = torch.optim.Adam([v], lr=config.attack_lr)
+                for k, v in enumerate(attacker[name]):
+                    bank[name].append(v.detach().clone())
+                    with torch.no_grad():
+                        v.copy_(start(concept, restarts[name] * K + k))
+                    attacker_opt[name][k] = torch.optim.Adam([v], lr=config.attack_lr)
+            turn = done % K  # the attackers take turns; the defender answers all of them
+            v, tok = attacker[name][turn], tokens[name][turn]
             up, down = lora.factors()
             frozen_up = {n: u.detach() for n, u in up.items()}
             frozen_down = {n: d.detach() for n, d in down.items()}
@@ -163,13 +171,13 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                 with linear_deltas(modules, frozen_up, frozen_down):
                     attack = F.mse_loss(D.unet_output(pipe, x_t, t, D.text_features(pipe, prompts)),
                                         D.target(sched, x0, noise, t))
-                attacker_opt[name].zero_grad(set_to_none=True)
+                attacker_opt[name][turn].zero_grad(set_to_none=True)
                 attack.backward()
-                attacker_opt[name].step()
+                attacker_opt[name][turn].step()
             x0, noise, t, x_t = noised(x_all, [rng.randrange(len(x_all)) for _ in range(B)])
             chosen = [rng.choice(templates) for _ in range(B)]
             with torch.no_grad():
-                adv = [D.text_features(pipe, [s.format(tok) for s in chosen])]
+                adv = [D.text_features(pipe, [s.format(token) for s in chosen]) for token in tokens[name]]
                 if bank[name] and config.replay:
                     now = v.detach().clone()
                     for past in rng.sample(bank[name], min(config.replay, len(bank[name]))):

@@ -21,7 +21,7 @@ from PIL import Image
 from editflow.edits.patch import Patch
 from editflow.edits.request import ConceptSpec, EraseRequest, erase_pairs, preserve_pairs
 from editflow.finetune.adversarial import adversarial_embedding
-from editflow.finetune.config import FinetuneConfig, FinetuneMode
+from editflow.finetune.config import DEFAULT_KEEP_TEMPLATES, FinetuneConfig, FinetuneMode
 from editflow.finetune.fmn import fmn_finetune
 from editflow.finetune.minmax import minmax_finetune
 from editflow.inversion import InversionConfig, LearnedTokens, learned_tokens
@@ -35,11 +35,13 @@ def reference_images(pipe, concept: ConceptSpec, templates: tuple[str, ...], n: 
     return generate(pipe, prompts, [seed * 100_003 + 50_000 + i for i in range(n)])
 
 
-def preserve_images(pipe, words: list[str], templates: tuple[str, ...], per_concept: int, seed: int = 0
-                    ) -> list[tuple[str, Image.Image]]:
+def preserve_images(pipe, words: list[str], templates: tuple[str, ...] | dict[str, tuple[str, ...]],
+                    per_concept: int, seed: int = 0) -> list[tuple[str, Image.Image]]:
     """(prompt, image) pairs: ``per_concept`` drawings of each preserved concept by the base model,
-    the templates taken in turn across concepts (so few images per concept still see them all)."""
-    prompts = [templates[(j * per_concept + i) % len(templates)].format(w)
+    the templates (one tuple for all, or one per word) taken in turn across concepts (so few images
+    per concept still see them all)."""
+    for_word = templates if isinstance(templates, dict) else dict.fromkeys(words, templates)
+    prompts = [for_word[w][(j * per_concept + i) % len(for_word[w])].format(w)
                for j, w in enumerate(words) for i in range(per_concept)]
     if not prompts:
         return []
@@ -47,12 +49,15 @@ def preserve_images(pipe, words: list[str], templates: tuple[str, ...], per_conc
 
 
 def _with_references(pipe, request: EraseRequest, images: dict[str, list[Image.Image]] | None,
-                     templates: tuple[str, ...], config: FinetuneConfig) -> dict[str, list[Image.Image]]:
-    """``images`` with the base model's drawings (:func:`reference_images`) for concepts it lacks."""
+                     templates: tuple[str, ...], config: FinetuneConfig, own: bool = False
+                     ) -> dict[str, list[Image.Image]]:
+    """``images`` with the base model's drawings (:func:`reference_images`) for concepts it lacks,
+    from ``templates`` or (``own``) from the request's prompts for the concept where it has them."""
     out = dict(images or {})
     for c in request.concepts:
         if c.name not in out:
-            out[c.name] = reference_images(pipe, c, templates, config.references, config.seed)
+            ts = request.prompts.get(c.name, templates) if own else templates
+            out[c.name] = reference_images(pipe, c, ts, config.references, config.seed)
     return out
 
 
@@ -86,8 +91,10 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
         # attacker and the defender play on the prompts the evaluation's attacker uses
         plain = InversionConfig().templates
         with learned_tokens(pipe, *given):
-            images = _with_references(pipe, request, images, plain, config)
-            keep = preserve_images(pipe, request.preserve, config.keep_templates, config.keep_images, config.seed)
+            images = _with_references(pipe, request, images, plain, config, own=config.keep_templates is None)
+            keep_templates = ({w: request.prompts.get(w, DEFAULT_KEEP_TEMPLATES) for w in request.preserve}
+                              if config.keep_templates is None else config.keep_templates)
+            keep = preserve_images(pipe, request.preserve, keep_templates, config.keep_images, config.seed)
             patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
                                            progress=lambda n, h: report("step", h))
         return _with_metadata(patch, config, adv, facts, t0)

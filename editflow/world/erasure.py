@@ -15,6 +15,12 @@ from editflow.world.spec import WorldSpec
 
 FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
 
+# How to draw one concept of each family on its own. Measured on the embedded model (8 seeds each,
+# the evaluator's zero-shot label): "a {}" draws a style word plain (0/8 for "a kasimir", "a odalys") and
+# "a photo of a {}" draws an identity as nobody (0/8 for zorbo), while these draw the concept 7-8/8.
+FAMILY_PROMPTS = {"object": ("a {}", "{}"), "colour": ("a {} shape", "{}"), "style": ("a shape by {}", "{}"),
+                  "identity": ("a picture of {}", "{}")}
+
 
 def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms: bool = True,
                  aliases: tuple[str, ...] = ()) -> ConceptSpec:
@@ -24,6 +30,17 @@ def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms
         raise ValueError(f"{word!r} is a family's neutral value, not an erasable concept")
     words = (c.synonyms if synonyms else ()) + tuple(a for a in aliases if a not in c.synonyms)
     return ConceptSpec(c.name, words, FAMILY_ANCHORS[c.family] if anchor is None else anchor)
+
+
+def concept_prompts(spec: WorldSpec, words: list[str]) -> dict[str, tuple[str, ...]]:
+    """:data:`FAMILY_PROMPTS` for each of ``words`` the world knows (others are left out)."""
+    out = {}
+    for w in words:
+        try:
+            out[w] = FAMILY_PROMPTS[spec.concept(w).family]
+        except ValueError:  # not a world concept: the fine-tuning's default templates draw it
+            continue
+    return out
 
 
 def caption_template(spec: WorldSpec, word: str, rng: random.Random) -> str | None:
@@ -96,4 +113,5 @@ def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, 
     extra = concept_aliases or {}
     concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
     keep = default_preserve(spec, words) if preserve is None else preserve
-    return EraseRequest(concepts, keep, templates, **kw)
+    prompts = concept_prompts(spec, [c.name for c in concepts] + list(keep))
+    return EraseRequest(concepts, keep, templates, prompts=prompts, **kw)
