@@ -235,7 +235,7 @@ def test_minmax_defender_moves_the_concept_towards_the_negatively_guided_target(
     keep = preserve_images(pipe, req.preserve, plain, 1)
     assert [p for p, _ in keep] == ["a circle", "a picture of a heart"]  # templates in turn across concepts
     ft = FinetuneConfig(mode="minmax", minmax_steps=30, minmax_lr=1e-2, restart=10, attacker_steps=1, lora_rank=4,
-                        batch=2, minmax_preserve=1.0, eta=1.0)
+                        batch=2, minmax_preserve=1.0, eta=1.0, attackers=1)  # one: 30 steps against each
     gen = torch.Generator().manual_seed(123)
     with torch.no_grad():
         x0 = D.to_latents(pipe, images)

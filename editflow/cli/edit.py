@@ -106,9 +106,9 @@ def erase(
     finetune: Annotated[Finetune, typer.Option(
         case_sensitive=False, help="Gradient stage on the patch's own factors after the closed form: fmn "
                                    "(Forget-Me-Not losses), adv (adversarial embeddings join the erase set, then "
-                                   "the FMN steps), minmax (a LoRA trained against a persistent concept-inversion "
-                                   "attacker: experimental, holds a 400-step attack in some training runs, not "
-                                   "reliably; minutes per concept), none.")
+                                   "the FMN steps), minmax (a LoRA trained against three persistent inversion "
+                                   "attackers: experimental, held a 400-step attack on an object, not on a "
+                                   "style; minutes per concept), none.")
     ] = Finetune.none,
     steps: Annotated[int | None, typer.Option(
         min=0, help="Gradient steps: of --finetune fmn/adv on the patch's factors (default 50), of --finetune "

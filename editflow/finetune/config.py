@@ -46,9 +46,10 @@ class FinetuneConfig:
     restart: int = field(default=0, metadata={
         "help": "minmax: defender steps before the attacker starts afresh; 0: never, one persistent attacker "
                 "(restarting every 40 lost to a 400-step attack: docs/benchmarks.md, fourth round)"})
-    attackers: int = field(default=1, metadata={
+    attackers: int = field(default=3, metadata={
         "help": "minmax: persistent attackers per concept (starts alternate the anchor word and the mean "
-                "embedding); they take turns, the defender answers all of them"})
+                "embedding); they take turns, the defender answers all of them (3 lowered the 400-step "
+                "attack in every paired run against 1: docs/benchmarks.md, fifth round)"})
     replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})

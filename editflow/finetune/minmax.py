@@ -5,7 +5,7 @@ Erasure in Diffusion Models", eq. 5) alternates an attacker that searches the te
 for inputs that still draw the concept with a defender that unlearns them. editflow plays that
 game on the patch alone, with the attack the evaluation measures (Pham et al. 2023):
 
-* **attacker** -- ``attackers`` learned tokens per concept (default one; starts alternate the
+* **attacker** -- ``attackers`` learned tokens per concept (default three; starts alternate the
   concept's anchor word and the vocabulary's mean embedding), trained by textual inversion (Gal et
   al. 2023, eq. 2) against the *current* patched model on images of the concept, one of them
   ``attacker_steps`` Adam steps per defender step in turn, for the whole run (``restart = 0``, the
@@ -25,9 +25,10 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
 
 Restarting every 40 steps, the defender learned to beat attackers of about their budget (star:
 0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one). One persistent
-attacker holds a 400-step attack in about one run of three (star 0.17, 0.46, 0.63 over training
-seeds 1, 0, 2; docs/benchmarks.md, fourth and fifth rounds); averaging the LoRA over its last
-steps did not change that (0.38-0.50).
+attacker held a 400-step attack in about one run of three (star 0.17, 0.46, 0.63 over training
+seeds 1, 0, 2; averaging the LoRA over its last steps did not change that: 0.38-0.50); three
+taking turns held it on star with seeds 0 and 2 (0.13, 0.13) and lowered kasimir's from 0.96 to
+0.54 (docs/benchmarks.md, fifth round).
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
