@@ -55,10 +55,9 @@ class FinetuneConfig:
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
     keep_images: int = field(default=2, metadata={"help": "minmax: images the base model draws per preserved concept"})
     keep_templates: tuple[str, ...] | None = field(default=None, metadata={
-        "help": "minmax: prompt templates of the concept's and preserved concepts' images; default: the request's "
-                "own prompts for each (on the embedded world, per family: 'a shape by {}' for a style), else "
-                "'{}', 'a {}' (the scene contexts or the attack's 'a photo of a {}' cost robustness: "
-                "docs/benchmarks.md)"})
+        "help": "minmax: prompt templates of the preserved concepts' images; default: the request's own prompts "
+                "for each (on the embedded world, per family: 'a shape by {}' for a style), else '{}', 'a {}' "
+                "(the scene contexts or the attack's 'a photo of a {}' cost robustness: docs/benchmarks.md)"})
     preserve_focus: float = field(default=0.0, metadata={
         "help": "minmax: share of preserved images drawn in proportion to their running error (0: uniform)"})
     seed: int = 0

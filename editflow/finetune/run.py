@@ -91,7 +91,7 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
         # attacker and the defender play on the prompts the evaluation's attacker uses
         plain = InversionConfig().templates
         with learned_tokens(pipe, *given):
-            images = _with_references(pipe, request, images, plain, config, own=config.keep_templates is None)
+            images = _with_references(pipe, request, images, plain, config, own=True)
             keep_templates = ({w: request.prompts.get(w, DEFAULT_KEEP_TEMPLATES) for w in request.preserve}
                               if config.keep_templates is None else config.keep_templates)
             keep = preserve_images(pipe, request.preserve, keep_templates, config.keep_images, config.seed)
