@@ -27,7 +27,7 @@ Restarting every 40 steps, the defender learned to beat attackers of about their
 0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one). One persistent
 attacker held a 400-step attack in about one run of three (star 0.17, 0.46, 0.63 over training
 seeds 1, 0, 2; averaging the LoRA over its last steps did not change that: 0.38-0.50); three
-taking turns held it on star with seeds 0 and 2 (0.13, 0.13) and lowered kasimir's from 0.96 to
+taking turns gave star 0.13 / 0.21 / 0.13 over seeds 0 / 1 / 2 and lowered kasimir's from 0.96 to
 0.54 (docs/benchmarks.md, fifth round).
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
