@@ -48,11 +48,9 @@ class EraseRequest:
     def __post_init__(self):
         self.token_policy = TokenPolicy(self.token_policy)
         self.prompts = {w: tuple(ts) for w, ts in self.prompts.items()}
-        bad = [t for ts in self.prompts.values() for t in ts if t.count("{}") != 1]
-        bad += [w for w, ts in self.prompts.items() if not ts]
-        if bad:
-            raise ValueError(f"each prompt template needs exactly one '{{}}' for the concept: {bad[:3]}")
-        bad = [t for t in self.templates if t.count("{}") != 1]
+        own = [t for ts in self.prompts.values() for t in ts]
+        bad = [t for t in (*self.templates, *own) if t.count("{}") != 1]
+        bad += [w for w, ts in self.prompts.items() if not ts]  # a word with no prompt at all
         if bad:
             raise ValueError(f"each template needs exactly one '{{}}' for the concept: {bad[:3]}")
         erased = {w.lower() for c in self.concepts for w in c.words}

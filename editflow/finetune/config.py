@@ -8,7 +8,7 @@ class FinetuneMode(str, Enum):
     none = "none"  # the closed-form patch as it is
     fmn = "fmn"  # Forget-Me-Not losses on the patch's factors
     adv = "adv"  # adversarial rounds (inverted / PGD embeddings join the erase set), then the FMN steps
-    minmax = "minmax"  # LoRA over the ungated closed form, trained against a persistent inversion attacker
+    minmax = "minmax"  # LoRA over the ungated closed form, trained against persistent inversion attackers
 
 
 DEFAULT_KEEP_TEMPLATES = ("{}", "a {}")  # minmax: preserved images of words the request has no prompts for
