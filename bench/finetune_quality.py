@@ -22,6 +22,7 @@ The issue's goal at a 400-step attack, three training seeds, the minmax rows (~1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 
 from editflow.edits.erase import EraseJob, run_erase
 from editflow.evaluation.run import EvalJob, run_eval
+from editflow.finetune import FinetuneConfig
 from editflow.models.pipeline import load_pipeline
 
 VARIANTS = {  # name: (method, its options, fine-tuning)
@@ -90,11 +92,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     overrides = {}
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"mode", "seed"}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set takes KEY=VALUE, got {item!r}")
+        if not sep or key not in known:
+            ap.error(f"--set takes KEY=VALUE with KEY one of {sorted(known)}, got {item!r}")
         overrides[key] = parse_value(value)
+    try:  # a bad value fails here, before any patch is computed
+        FinetuneConfig(mode="minmax", **overrides)
+    except ValueError as exc:
+        ap.error(f"--set: {exc}")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
     work = Path(tempfile.mkdtemp(prefix="editflow-bench-"))
