@@ -109,10 +109,11 @@ def main() -> None:
     for concept in args.concepts:
         for variant in args.variants:
             method, options, finetune = VARIANTS[variant]
-            trains = bool(finetune) or method.startswith("esd")
+            esd = method.startswith("esd")
+            trains = bool(finetune) or esd
             for seed in args.seeds if trains else args.seeds[:1]:
                 ft = {**finetune, **overrides, "seed": seed} if finetune else {}
-                opts = {**options, "seed": seed} if method.startswith("esd") else options
+                opts = {**options, "seed": seed} if esd else options
                 patch, _ = run_erase(EraseJob([concept], method, options=opts, finetune=ft), pipe)
                 path = patch.save(work / f"{concept}-{variant}-{seed}.safetensors")
                 outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache"),
@@ -134,7 +135,8 @@ def main() -> None:
           "| before inversion | memorization | image sim. | gates |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     print("\n".join(rows))
-    print("\nMedian over seeds against the goal (attack success <= 0.20, erasure <= 0.02, specificity >= 0.98):\n")
+    goal = ", ".join(f"{k} {'<=' if side == 'max' else '>='} {bound}" for k, (side, bound) in GOAL.items())
+    print(f"\nMedian over seeds against the goal ({goal}):\n")
     print("| concept | method | seeds | attack success | erasure rate | specificity | goal |")
     print("|---|---|---:|---|---|---|---|")
     print("\n".join(goal_summary(results)))
