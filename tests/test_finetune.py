@@ -191,7 +191,8 @@ def test_esd_x_trains_a_patch_and_leaves_the_base(pipe, preserve_weight):
 @pytest.mark.parametrize("restart, attackers, restarts", [(1, 1, 2), (0, 1, 0), (0, 2, 0)])  # 0: persistent
 def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe, restart, attackers, restarts):
     """minmax: the attackers restart into their bank (or never), only the LoRA trains (base
-    bit-identical, the closed form's factors kept as they were), and a gated patch is refused."""
+    bit-identical, the closed form's factors kept as they were), its learning rate decays from
+    minmax_lr to lr_final of it at the last step, and a gated patch is refused."""
     from editflow.errors import EditflowError
 
     req = _request()
@@ -200,12 +201,13 @@ def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pi
     state, n_tok = _state(pipe), len(pipe.tokenizer)
     seen = []
     ft = FinetuneConfig(mode="minmax", minmax_steps=3, restart=restart, replay=1, attacker_steps=1, lora_rank=2,
-                        references=2, keep_images=1, batch=2, preserve_focus=0.5, attackers=attackers)
+                        references=2, keep_images=1, batch=2, preserve_focus=0.5, attackers=attackers, lr_final=0.1)
     tuned = finetune(pipe, req, patch, lambda r: method.compute(pipe, r, ACEConfig(gated=False)), ft,
                      progress=lambda event, info: seen.append(event))
     assert seen == ["step"] * 3
     losses = tuned.metadata["finetune"]["losses"]
     assert losses["attacker_restarts"] == restarts and set(losses) >= {"attack", "adversarial", "word", "preserve"}
+    assert losses["lr"]["first"] == ft.minmax_lr and losses["lr"]["last"] == pytest.approx(0.1 * ft.minmax_lr)
     assert tuned.gate is None and not tuned.edit.shared
     for name, up in patch.edit.up.items():
         r = up.shape[1]

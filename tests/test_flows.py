@@ -131,6 +131,8 @@ def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, stor
     ({"name": "x", "concepts": ["star"], "finetune": {"mode": "adv", "rounds": -1}}, "rounds must be >= 0"),
     ({"name": "x", "concepts": ["star"], "finetune": {"mode": "minmax", "preserve_focus": 2}},
      "preserve_focus must be between 0 and 1"),
+    ({"name": "x", "concepts": ["star"], "finetune": {"mode": "minmax", "lr_final": 1.5}},
+     "lr_final must be between 0 and 1"),
 ])
 def test_bad_policies_are_refused(data, message):
     from editflow.errors import EditflowError

@@ -39,6 +39,10 @@ class FinetuneConfig:
     references: int = field(default=16, metadata={"help": "concept images the base model draws when none given"})
     minmax_steps: int = field(default=900, metadata={"help": "minmax: defender steps (each after attacker_steps)"})
     minmax_lr: float = field(default=1e-3, metadata={"help": "minmax: Adam learning rate of the LoRA"})
+    lr_final: float = field(default=1.0, metadata={
+        "help": "minmax: the LoRA's learning rate at the last step, as a share of minmax_lr (cosine decay; 1: "
+                "constant). 0.1 took the identity's 400-step attack to 0 on three seeds but raised the object's "
+                "(docs/benchmarks.md, seventh round)"})
     lora_rank: int = field(default=8, metadata={"help": "minmax: LoRA rank per key/value projection"})
     eta: float = field(default=2.0, metadata={
         "help": "minmax: negative guidance of the target, ε(anchor) − η (ε(concept) − ε(anchor)) (ESD eq. 3)"})
@@ -79,5 +83,7 @@ class FinetuneConfig:
             self.keep_templates = tuple(self.keep_templates)
             if not self.keep_templates or any(t.count("{}") != 1 for t in self.keep_templates):
                 raise ValueError("keep_templates: each needs exactly one '{}' for the concept")
+        if not 0 <= self.lr_final <= 1:
+            raise ValueError("lr_final must be between 0 and 1")
         if not 0 <= self.preserve_focus <= 1:
             raise ValueError("preserve_focus must be between 0 and 1")

@@ -22,13 +22,19 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
   default until measured over training seeds (docs/benchmarks.md, third round). The images are
   the caller's (:mod:`editflow.finetune.run` draws them with the request's own prompt for each
   concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain).
+  The LoRA's Adam learning rate follows a cosine from ``minmax_lr`` down to ``lr_final`` of it
+  (cosine annealing without restarts, Loshchilov & Hutter 2017, "SGDR", eq. 5; constant by
+  default), so that the defender can settle against the attackers it last met.
 
 Restarting every 40 steps, the defender learned to beat attackers of about their budget (star:
 0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one). One persistent
 attacker held a 400-step attack in about one run of three (star 0.17, 0.46, 0.63 over training
 seeds 1, 0, 2; averaging the LoRA over its last steps did not change that: 0.38-0.50); three
 taking turns gave star 0.13 / 0.21 / 0.13 over seeds 0 / 1 / 2 and lowered kasimir's from 0.96 to
-0.54 (docs/benchmarks.md, fifth round).
+0.54 (docs/benchmarks.md, fifth round). Decaying the learning rate to a tenth took the identity
+zorbo's 400-step attack from 0.13 / 0.21 / 0.29 to 0 / 0 / 0 but star's from 0.13 / 0.21 / 0.13 to
+0.08 / 0.33 / 0.33 and kasimir's (one seed) from 0.54 to 0.33 (seventh round), so it is an option,
+not the default.
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
@@ -38,6 +44,7 @@ subspace through unchanged, which is exactly where the attacker goes.
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import ExitStack
 
@@ -103,6 +110,9 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     modules = patch.targets.find(pipe.unet)
     lora = PatchLoRA(patch, modules, config.lora_rank, config.seed)
     opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
+    T = max(1, config.minmax_steps - 1)
+    lr_at = torch.optim.lr_scheduler.LambdaLR(  # cosine from 1 to lr_final (constant when lr_final = 1)
+        opt, lambda s: config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * min(s, T) / T)))
     x_concept = {c.name: D.to_latents(pipe, images[c.name]) for c in concepts}
     x_keep = D.to_latents(pipe, [img for _, img in preserve]) if preserve else None
     keep_prompts = [p for p, _ in preserve]
@@ -205,11 +215,12 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
             loss.backward()
             opt.step()
             history.append({"loss": loss.item(), "attack": attack.item(), "adversarial": adversarial.item(),
-                            "word": word.item(), "preserve": keep.item()})
+                            "word": word.item(), "preserve": keep.item(), "lr": opt.param_groups[0]["lr"]})
+            lr_at.step()
             if progress is not None:
                 progress(1, history[-1])
     k = max(1, len(history) // 5)
     facts = {key: {"first": sum(h[key] for h in history[:k]) / k, "last": sum(h[key] for h in history[-k:]) / k}
-             for key in ("loss", "attack", "adversarial", "word", "preserve")} if history else {}
+             for key in ("loss", "attack", "adversarial", "word", "preserve", "lr")} if history else {}
     facts["attacker_restarts"] = sum(restarts.values())
     return Patch(lora.edit(), None, dict(patch.metadata)), facts
