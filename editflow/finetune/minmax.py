@@ -44,7 +44,6 @@ subspace through unchanged, which is exactly where the attacker goes.
 
 from __future__ import annotations
 
-import math
 import random
 from contextlib import ExitStack
 
@@ -110,9 +109,8 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     modules = patch.targets.find(pipe.unet)
     lora = PatchLoRA(patch, modules, config.lora_rank, config.seed)
     opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
-    T = max(1, config.minmax_steps - 1)
-    lr_at = torch.optim.lr_scheduler.LambdaLR(  # cosine from 1 to lr_final (constant when lr_final = 1)
-        opt, lambda s: config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * min(s, T) / T)))
+    lr_at = torch.optim.lr_scheduler.CosineAnnealingLR(  # reaches lr_final at the last step
+        opt, T_max=max(1, config.minmax_steps - 1), eta_min=config.lr_final * config.minmax_lr)
     x_concept = {c.name: D.to_latents(pipe, images[c.name]) for c in concepts}
     x_keep = D.to_latents(pipe, [img for _, img in preserve]) if preserve else None
     keep_prompts = [p for p, _ in preserve]
