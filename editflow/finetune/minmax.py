@@ -33,8 +33,8 @@ seeds 1, 0, 2; averaging the LoRA over its last steps did not change that: 0.38-
 taking turns gave star 0.13 / 0.21 / 0.13 over seeds 0 / 1 / 2 and lowered kasimir's from 0.96 to
 0.54 (docs/benchmarks.md, fifth round). Decaying the learning rate to a tenth took the identity
 zorbo's 400-step attack from 0.13 / 0.21 / 0.29 to 0 / 0 / 0 but star's from 0.13 / 0.21 / 0.13 to
-0.08 / 0.33 / 0.33 and kasimir's (one seed) from 0.54 to 0.33 (seventh round), so it is an option,
-not the default.
+0.08 / 0.33 / 0.33; kasimir's was 0.33 / 0.33 / 0.58 (seventh round). So it is an option, not
+the default.
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
