@@ -219,6 +219,6 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                 progress(1, history[-1])
     k = max(1, len(history) // 5)
     facts = {key: {"first": sum(h[key] for h in history[:k]) / k, "last": sum(h[key] for h in history[-k:]) / k}
-             for key in ("loss", "attack", "adversarial", "word", "preserve", "lr")} if history else {}
+             for key in history[0]} if history else {}
     facts["attacker_restarts"] = sum(restarts.values())
     return Patch(lora.edit(), None, dict(patch.metadata)), facts
