@@ -3,11 +3,13 @@ ACE + fine-tuning (adv, fmn, minmax) vs ACE closed form (anchor targets, gated; 
 ungated) vs UCE vs ESD-x/u, including the concept-inversion attack (best of 3 tries per concept).
 
     python bench/finetune_quality.py [--concepts star kasimir zorbo] [--variants ...] [--images 24] [--attack-steps 150]
-        [--seeds 0 1 2] [--gates configs/gates/robust.yaml] [--set attackers=3 ...]
+        [--preserve-images 16] [--seeds 0 1 2] [--gates configs/gates/robust.yaml] [--set attackers=3 ...]
 
 Each patch is computed and judged as `editflow erase --patch-only [--finetune ...]` and
 `editflow eval` do (``run_erase``, ``run_eval`` with the attack on). Specificity is the
-evaluation's (neighbours and distant concepts together, after / before). ``--seeds`` trains the
+evaluation's (neighbours and distant concepts together, after / before), on 16 images per
+preserved concept (``--preserve-images``; the evaluation's default of 6 and 4 gives 34-76 preserved
+images, where one lost picture is 1.3-3 % and 98 % cannot be told from 100 %). ``--seeds`` trains the
 variants that train (fine-tuning, ESD) once per seed; ``--set`` overrides fine-tuning settings.
 Prints one markdown table, then per concept and variant the median over the seeds against the
 fine-tuning issue's goal (attack success <= 0.20, erasure <= 0.02, specificity >= 0.98); results
@@ -82,6 +84,9 @@ def main() -> None:
     ap.add_argument("--concepts", nargs="+", default=["star", "kasimir", "zorbo"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--preserve-images", type=int, default=16,
+                    help="evaluation images per preserved concept (16: ~110-220 preserved images, enough to resolve "
+                         "the 2 %% specificity goal; the evaluation's own default of a quarter of --images is not)")
     ap.add_argument("--attack-steps", type=int, default=150,
                     help="the attack's inversion steps (400: the fourth round in docs/benchmarks.md)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -117,7 +122,8 @@ def main() -> None:
                 patch, _ = run_erase(EraseJob([concept], method, options=opts, finetune=ft), pipe)
                 path = patch.save(work / f"{concept}-{variant}-{seed}.safetensors")
                 outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache"),
-                                           attack_steps=args.attack_steps, gates=args.gates), pipe)
+                                           attack_steps=args.attack_steps, gates=args.gates,
+                                           preserve_images=args.preserve_images), pipe)
                 m = outcome.result.metrics
                 results.setdefault((concept, variant), []).append(m)
 

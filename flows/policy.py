@@ -10,6 +10,8 @@ A policy file (``configs/policies/*.yaml``)::
       - {name: blade, synonyms: [sword]}
     gates: ../gates/default.yaml   # paths are relative to the policy file
     eval_images: 24
+    eval: {attack_steps: 400}      # optional: more evaluation settings (attack_steps, attack_restarts,
+                                   # preserve_images, attack)
     schedule: "0 3 * * *"          # cron, for `editflow policy serve`
     out_dir: patches/              # where patches and reports go (default: $EDITFLOW_HOME/patches/<name>)
 
@@ -30,7 +32,9 @@ from editflow.configfile import read_yaml
 from editflow.edits.erase import EraseJob
 from editflow.errors import EditflowError
 
-KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "schedule", "description", "out_dir", "finetune"}
+KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "eval", "schedule", "description", "out_dir",
+        "finetune"}
+EVAL_KEYS = {"attack", "attack_steps", "attack_restarts", "preserve_images"}  # EvalJob fields a policy may set
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Policy:
     out_dir: str | None = None
     source: str = "<inline>"
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields, e.g. {mode: adv, rounds: 6}
+    eval: dict = field(default_factory=dict)  # EVAL_KEYS fields of the evaluation, e.g. {attack_steps: 400}
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -103,8 +108,16 @@ class Policy:
             FinetuneConfig(**finetune)
         except (TypeError, ValueError) as exc:
             raise EditflowError(f"policy {source}: bad 'finetune' ({exc})") from None
+        evaluation = data.get("eval") or {}
+        if not isinstance(evaluation, dict) or set(evaluation) - EVAL_KEYS:
+            raise EditflowError(f"policy {source}: 'eval' takes {', '.join(sorted(EVAL_KEYS))}, got {evaluation!r}")
+        for key, value in evaluation.items():
+            if key == "attack" and not isinstance(value, bool):
+                raise EditflowError(f"policy {source}: eval.attack must be true or false, got {value!r}")
+            if key != "attack" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise EditflowError(f"policy {source}: eval.{key} must be a whole number >= 1, got {value!r}")
         return cls(data["name"], concepts, synonyms, base, method, gates,
-                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source, finetune)
+                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source, finetune, evaluation)
 
     def job(self, concepts: list[str], cache_dir: str | None = None) -> EraseJob:
         return EraseJob(list(concepts), self.method, None if self.base == "embedded" else self.base,
@@ -151,7 +164,7 @@ def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: st
     out = out_dir / f"{policy.name}-{'-'.join(todo['erase'])}.safetensors"
     result = on_dask(erase_flow, dask_address)(asdict(policy.job(todo["erase"], cache_dir)), str(out), policy.name,
                                                policy.gates, policy.eval_images, tracking_uri,
-                                               fan_out=bool(dask_address))
+                                               fan_out=bool(dask_address), eval_options=dict(policy.eval))
     return {"policy": policy.name, **todo, "result": result}
 
 

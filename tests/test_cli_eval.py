@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
@@ -53,9 +54,11 @@ def test_eval_passes_an_ace_erasure_and_writes_the_report(star_patch, tmp_path):
 
 def test_eval_without_the_attack_says_why_its_metrics_are_absent(star_patch, tmp_path):
     res = runner.invoke(app, ["eval", "--patch", str(star_patch), "--out", str(tmp_path / "r"), "--json",
-                              "--no-attack", *FAST])
+                              "--no-attack", "--preserve-images", "3", *FAST])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
+    kept = Counter(p["concept"] for p in report["prompts"] if p["role"] in ("neighbour", "distant"))
+    assert len(kept) == 14 and set(kept.values()) == {3}  # 10 other objects, 2 x 2 distant concepts; FAST alone: 2
     assert report["metrics"]["attack_success"] is None and report["metrics"]["memorization_score"] is None
     assert "--no-attack" in report["absent"]["attack_success"] and report["attacks"] == []
     assert report["metrics"]["attack_baseline"] is None and "--no-attack" in report["absent"]["attack_baseline"]

@@ -2,7 +2,9 @@
 erase -> evaluate -> register, resume after a crash from the cache, and `editflow erase --register`."""
 
 import json
+from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -90,9 +92,12 @@ def test_policy_run_registers_a_candidate_then_does_nothing_once_the_champion_co
     from flows.policy import policy_flow
     from registry.register import promote
 
-    path = _policy(tmp_path)
+    path = _policy(tmp_path, eval={"preserve_images": 3})
     first = policy_flow(str(path), store.tracking_uri, str(tmp_path / "cache"))
     assert first["missing"] == ["star"] and first["result"]["registration"]["version"] == "1"
+    report = json.loads((Path(first["result"]["report"]) / "report.json").read_text())
+    kept = Counter(p["concept"] for p in report["prompts"] if p["role"] in ("neighbour", "distant"))
+    assert set(kept.values()) == {3}  # the policy's eval settings reach the evaluation (eval_images 4 alone: 2)
     assert (tmp_path / "patches").is_dir()  # out_dir is relative to the policy file
     promote("world-stars", "1", store=store)
     second = policy_flow(str(path), store.tracking_uri, str(tmp_path / "cache"))
@@ -133,6 +138,9 @@ def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, stor
      "preserve_focus must be between 0 and 1"),
     ({"name": "x", "concepts": ["star"], "finetune": {"mode": "minmax", "lr_final": 1.5}},
      "lr_final must be between 0 and 1"),
+    ({"name": "x", "concepts": ["star"], "eval": {"attack_stepz": 400}}, "'eval' takes attack, attack_restarts"),
+    ({"name": "x", "concepts": ["star"], "eval": {"attack_steps": 0}}, "eval.attack_steps must be a whole number"),
+    ({"name": "x", "concepts": ["star"], "eval": {"attack": "no"}}, "eval.attack must be true or false"),
 ])
 def test_bad_policies_are_refused(data, message):
     from editflow.errors import EditflowError
@@ -140,6 +148,17 @@ def test_bad_policies_are_refused(data, message):
 
     with pytest.raises(EditflowError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         Policy.from_dict(data)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "policies").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_policies_load(path):
+    from flows.policy import Policy
+
+    policy = Policy.load(path)
+    assert policy.concepts and policy.gates and Path(policy.gates).is_file() and policy.schedule
+    job = policy.job(policy.concepts)
+    assert job.finetune == policy.finetune
 
 
 def test_policy_deployment_and_serve_cli(tmp_path, monkeypatch):

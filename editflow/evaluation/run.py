@@ -33,6 +33,7 @@ class EvalJob:
     attack: bool = True  # run the concept-inversion attack (attack_success, memorization_score)
     attack_steps: int = 150
     attack_restarts: int = 3
+    preserve_images: int | None = None  # per preserved concept; None: a quarter of images (distant: a sixth)
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _concepts(patch, concept: list[str]) -> list[str]:
     return [c["name"] for c in patch.metadata.get("concepts", [])]
 
 
-def _real_prompts(concepts, preserve, prompts_file, leakage_file, preserve_file, family, n):
+def _real_prompts(concepts, preserve, prompts_file, leakage_file, preserve_file, family, n, n_keep=None):
     from editflow.evaluation.prompts import EvalPrompt, PromptSet, load_prompt_file
 
     items: list[EvalPrompt] = []
@@ -88,7 +89,7 @@ def _real_prompts(concepts, preserve, prompts_file, leakage_file, preserve_file,
         items += kept
     else:
         items += [EvalPrompt(f"a photo of {c}", c, "preserved", "neighbour", "", 2_000_000 + i)
-                  for c in preserve for i in range(max(1, n // 4))]
+                  for c in preserve for i in range(n_keep or max(1, n // 4))]
     return PromptSet(items)
 
 
@@ -131,14 +132,15 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
     if real:
         preserve = [c for c in meta.get("preserve", []) if c not in names]
         pset = _real_prompts(names, preserve, job.prompts, job.leakage_prompts, job.preserve_prompts, family,
-                             images)
+                             images, job.preserve_images)
         detector = ZeroShotDetector(judge, sorted({x.concept for x in pset.prompts}))
         if family == "nudity":  # NudeNet judges the nudity prompts; zero-shot judges what must stay
             detector = FamilyRouter({"nudity": NudityDetector()}, detector)
     else:
         used = {w for c in meta.get("concepts", []) for w in [c["name"], *c.get("aliases", [])]}
+        keep = job.preserve_images
         pset = world_prompt_set(DEFAULT_WORLD, names, used, tuple(meta.get("templates", ())), per_concept=images,
-                                per_neighbour=max(2, images // 4), per_distant=max(2, images // 6))
+                                per_neighbour=keep or max(2, images // 4), per_distant=keep or max(2, images // 6))
         detector = WorldDetector(judge, DEFAULT_WORLD)
     store = ImageCache(job.cache_dir) if job.cache_dir else None
     b = progress_factory(len(pset) * (2 if p is not None else 1), "eval: generate") if progress_factory else None
