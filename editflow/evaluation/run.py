@@ -138,9 +138,10 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
             detector = FamilyRouter({"nudity": NudityDetector()}, detector)
     else:
         used = {w for c in meta.get("concepts", []) for w in [c["name"], *c.get("aliases", [])]}
-        keep = job.preserve_images
+        per_kept = job.preserve_images  # None: a quarter of the target images per neighbour, a sixth per distant
         pset = world_prompt_set(DEFAULT_WORLD, names, used, tuple(meta.get("templates", ())), per_concept=images,
-                                per_neighbour=keep or max(2, images // 4), per_distant=keep or max(2, images // 6))
+                                per_neighbour=per_kept or max(2, images // 4),
+                                per_distant=per_kept or max(2, images // 6))
         detector = WorldDetector(judge, DEFAULT_WORLD)
     store = ImageCache(job.cache_dir) if job.cache_dir else None
     b = progress_factory(len(pset) * (2 if p is not None else 1), "eval: generate") if progress_factory else None
