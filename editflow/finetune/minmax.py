@@ -39,7 +39,7 @@ identity with η = 2 cost other styles' pictures (specificity 0.95 with either l
 η = 1 with the decay to a tenth, the defaults since, keeps them and the attack down: specificity
 0.996 / 0.991 / 0.996 and attack 0.04 / 0.13 / 0.25 on star, 0.982 / 0.991 / 0.964 and
 0 / 0 / 0.17 on zorbo (training seeds 0 / 1 / 2, eighth round), the goal met on the median of
-both; on the style kasimir (seed 1) specificity 0.94, attack 0.46: not met.
+both; on the style kasimir specificity 0.955 / 0.937 / 0.973, attack 0.63 / 0.46 / 0.75: not met.
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
