@@ -23,8 +23,9 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
   the caller's (:mod:`editflow.finetune.run` draws them with the request's own prompt for each
   concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain).
   The LoRA's Adam learning rate follows a cosine from ``minmax_lr`` down to ``lr_final`` of it
-  (cosine annealing without restarts, Loshchilov & Hutter 2017, "SGDR", eq. 5; constant by
-  default), so that the defender can settle against the attackers it last met.
+  (cosine annealing without restarts, Loshchilov & Hutter 2017, "SGDR", eq. 5; to a tenth by
+  default, ``lr_final = 1`` keeps it constant), so that the defender can settle against the
+  attackers it last met.
 
 Restarting every 40 steps, the defender learned to beat attackers of about their budget (star:
 0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one). One persistent
