@@ -96,6 +96,32 @@ def test_default_preserve_covers_neighbours_then_other_families(world):
     assert world_request(world, ["zorbo"], preserve=["lumina"]).preserve == ["lumina"]
 
 
+def test_a_style_request_brings_its_neighbours_scenes_and_the_style_finetune_defaults(world):
+    """A style's neighbours (the other styles) come with scene templates and its minmax starts from
+    the world's style settings (η 3, 8 images per neighbour); the job's own settings win; an object
+    keeps FinetuneConfig's defaults."""
+    from editflow.edits.erase import EraseJob, build_request, finetune_config
+    from editflow.world.erasure import FAMILY_FINETUNE, NEIGHBOUR_SCENES, world_request
+
+    req = world_request(world, ["kasimir"])
+    assert set(req.neighbours) == {"odalys", "brenwick", "tamsin"}
+    for scenes in req.neighbours.values():
+        assert len(scenes) == NEIGHBOUR_SCENES == len(set(scenes)) and all(t.count("{}") == 1 for t in scenes)
+        assert not any("kasimir" in t for t in scenes)  # never shows the erased style
+    assert world_request(world, ["kasimir"], preserve=["odalys", "star"]).neighbours.keys() == {"odalys"}
+
+    style = finetune_config(EraseJob(["kasimir"], "ace", finetune={"mode": "minmax"}), req)
+    assert (style.eta, style.neighbour_images) == (FAMILY_FINETUNE["style"]["eta"], 8) == (3.0, 8)
+    assert style.scene_references and style.references == 32
+    own = EraseJob(["kasimir"], "ace", finetune={"mode": "minmax", "eta": 1.5})
+    assert finetune_config(own, req).eta == 1.5
+    assert finetune_config(EraseJob(["kasimir"], "ace", finetune={"mode": "fmn"}), req).eta == 1.0
+    star = EraseJob(["star"], "ace", finetune={"mode": "minmax"})
+    obj = finetune_config(star, build_request(star))
+    assert (obj.eta, obj.neighbour_images, obj.scene_references) == (1.0, 0, False)
+    assert build_request(star).finetune_defaults == {}
+
+
 def test_world_request_prompts_draw_each_concept_on_its_own(world, embedded_pipe, judge):
     """The request's per-concept prompts (what the fine-tuning draws its concept and preserved
     images from) make the embedded model draw that concept; "a {}" draws a style word plain."""

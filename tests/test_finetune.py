@@ -222,19 +222,61 @@ def test_minmax_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pi
         finetune(pipe, req, method.compute(pipe, req, ACEConfig()), lambda r: None, ft)
 
 
+def test_minmax_draws_neighbours_from_their_scenes_and_other_preserved_words_from_their_prompts():
+    """With neighbour_images, each of the request's neighbours gets that many prompts from its scene
+    templates (in turn); every other preserved word keep_images from its own prompts. Without, the
+    neighbours are drawn like the rest."""
+    from editflow.finetune.run import minmax_keep_prompts
+
+    req = EraseRequest([ConceptSpec("kasimir")], preserve=["odalys", "star"],
+                       prompts={"odalys": ("a shape by {}",), "star": ("a {}",)},
+                       neighbours={"odalys": ("a red moon by {}", "a blue heart in the style of {}")})
+    ft = FinetuneConfig(mode="minmax", neighbour_images=3, keep_images=1)
+    assert minmax_keep_prompts(req, ft) == ["a red moon by odalys", "a blue heart in the style of odalys",
+                                            "a red moon by odalys", "a star"]
+    assert minmax_keep_prompts(req, FinetuneConfig(mode="minmax", keep_images=1)) == ["a shape by odalys", "a star"]
+    with pytest.raises(ValueError, match="neighbours must be preserved"):
+        EraseRequest([ConceptSpec("kasimir")], preserve=["star"], neighbours={"odalys": ("{}",)})
+    with pytest.raises(ValueError, match="neighbour_images"):
+        FinetuneConfig(neighbour_images=-1)
+
+
+@pytest.mark.parametrize("scenes", [False, True])
+def test_minmax_draws_the_concept_from_its_own_prompts_or_the_request_scenes(pipe, monkeypatch, scenes):
+    """scene_references: the concept's reference images come from the request's scene templates
+    (its erase contexts), else from its own prompts; ``references`` of them either way."""
+    import editflow.finetune.run as run
+
+    drawn = []
+    real = run.reference_images
+
+    def spy(pipe, concept, templates, n, seed=0):
+        drawn.append((templates, n))
+        return real(pipe, concept, templates, n, seed)
+
+    monkeypatch.setattr(run, "reference_images", spy)
+    req = EraseRequest([ConceptSpec("star", anchor="shape")], preserve=["circle"], templates=("a red {}", "a {} here"),
+                       prompts={"star": ("a {}",)})
+    method = get_method("ace")
+    ft = FinetuneConfig(mode="minmax", minmax_steps=1, attacker_steps=1, lora_rank=2, references=3, keep_images=1,
+                        batch=2, attackers=1, scene_references=scenes)
+    finetune(pipe, req, method.compute(pipe, req, ACEConfig(gated=False)), lambda r: None, ft)
+    assert drawn == [(("a red {}", "a {} here") if scenes else ("a {}",), 3)]
+
+
 def test_minmax_defender_moves_the_concept_towards_the_negatively_guided_target(pipe):
     """The defender's objective, on a batch training never saw: with the patch, the prediction for
     the concept's word on its noised images approaches ESD's target of the base model,
     ε(x_t, anchor) − η (ε(x_t, concept) − ε(x_t, anchor)) (Gandikota et al. 2023, eq. 3)."""
     from editflow.finetune.minmax import minmax_finetune
-    from editflow.finetune.run import preserve_images, reference_images
+    from editflow.finetune.run import keep_prompts, preserve_images, reference_images
 
     req = _request()
     concept = req.concepts[0]
     patch = get_method("ace").compute(pipe, req, ACEConfig(gated=False))
     plain = ("a {}", "a picture of a {}")
     images = reference_images(pipe, concept, plain, 4)
-    keep = preserve_images(pipe, req.preserve, plain, 1)
+    keep = preserve_images(pipe, keep_prompts(req.preserve, plain, 1))
     assert [p for p, _ in keep] == ["a circle", "a picture of a heart"]  # templates in turn across concepts
     ft = FinetuneConfig(mode="minmax", minmax_steps=30, minmax_lr=1e-2, restart=10, attacker_steps=1, lora_rank=4,
                         batch=2, minmax_preserve=1.0, eta=1.0, attackers=1)  # one: 30 steps against each

@@ -137,8 +137,7 @@ def erase(
     ungated closed form against a concept-inversion attacker (the patch gets the LoRA's rank). --images DIR learns a
     token from pictures of the concept (textual inversion) and erases it with the concept's words.
     """
-    from editflow.edits.erase import EraseJob, build_request, method_config, prompt_count, run_erase
-    from editflow.finetune import FinetuneConfig
+    from editflow.edits.erase import EraseJob, build_request, finetune_config, method_config, prompt_count, run_erase
     from editflow.models.pipeline import load_pipeline
 
     if images is not None and not concept and not concepts_file:
@@ -181,7 +180,7 @@ def erase(
     req = build_request(job)
     b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
          else bar(prompt_count(req), f"{method.value}: encode"))
-    plan = FinetuneConfig(**job.finetune)
+    plan = finetune_config(job, req)
     ft = bar(plan.minmax_steps if finetune is Finetune.minmax else
              plan.rounds * (finetune is Finetune.adv) + plan.steps * (finetune is not Finetune.none), "fine-tune")
 

@@ -96,6 +96,17 @@ def build_request(job: EraseJob) -> EraseRequest:
                          for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
 
 
+def finetune_config(job: EraseJob, request: EraseRequest):
+    """The job's :class:`~editflow.finetune.FinetuneConfig`; a minmax one starts from the request's
+    ``finetune_defaults`` (settings measured for its kind of concept), the job's own settings winning."""
+    from editflow.finetune import FinetuneConfig, FinetuneMode
+
+    ft = FinetuneConfig(**job.finetune)
+    if ft.mode is FinetuneMode.minmax and request.finetune_defaults:
+        ft = FinetuneConfig(**{**request.finetune_defaults, **job.finetune})
+    return ft
+
+
 def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None,
               finetune_progress=None):
     """Compute the patch for ``job`` (loading its model unless ``pipe`` is given; building its
@@ -107,17 +118,17 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     gets ``(event, info)``.
     """
     from editflow.edits.streaming import PreserveCache
-    from editflow.finetune import FinetuneConfig, FinetuneMode, finetune
+    from editflow.finetune import FinetuneMode, finetune
     from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
     from editflow.models.pipeline import load_pipeline
 
     job.validate()
     config = method_config(job.method, job.options)
-    ft = FinetuneConfig(**job.finetune)
+    request = request if request is not None else build_request(job)
+    ft = finetune_config(job, request)
     if ft.mode is FinetuneMode.minmax and getattr(config, "gated", False):
         config = replace(config, gated=False)  # minmax trains over the ungated closed form (finetune.minmax)
     pipe = pipe if pipe is not None else load_pipeline(job.model)
-    request = request if request is not None else build_request(job)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None
     method = get_method(job.method)
     t0 = time.perf_counter()

@@ -44,13 +44,24 @@ class EraseRequest:
     # draws its concept and preserved images from them; words without an entry use its defaults. Not part of
     # the closed form (nor of the fingerprint).
     prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # preserved words of the erased concepts' own kind, each with templates that show it in many scenes
+    # ("a red blade by {}" for a style): the minmax fine-tuning draws ``neighbour_images`` of each from them.
+    # Not part of the closed form (nor of the fingerprint).
+    neighbours: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # fine-tuning settings measured for this kind of concept on this model (FinetuneConfig fields; the
+    # embedded world's, per family: editflow.world.erasure.FAMILY_FINETUNE); the job's own settings win
+    finetune_defaults: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.token_policy = TokenPolicy(self.token_policy)
         self.prompts = {w: tuple(ts) for w, ts in self.prompts.items()}
-        own = [t for ts in self.prompts.values() for t in ts]
+        self.neighbours = {w: tuple(ts) for w, ts in self.neighbours.items()}
+        stray = sorted(set(self.neighbours) - set(self.preserve))
+        if stray:
+            raise ValueError(f"neighbours must be preserved words: {stray}")
+        own = [t for ts in (*self.prompts.values(), *self.neighbours.values()) for t in ts]
         bad = [t for t in (*self.templates, *own) if t.count("{}") != 1]
-        bad += [w for w, ts in self.prompts.items() if not ts]  # a word with no prompt at all
+        bad += [w for w, ts in (*self.prompts.items(), *self.neighbours.items()) if not ts]  # a word with no prompt
         if bad:
             raise ValueError(f"each template needs exactly one '{{}}' for the concept: {bad[:3]}")
         erased = {w.lower() for c in self.concepts for w in c.words}

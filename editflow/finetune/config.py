@@ -37,6 +37,10 @@ class FinetuneConfig:
     pgd_radius: float = field(default=2.0, metadata={
         "help": "adv: PGD ball radius around the concept word's embedding, in units of its norm"})
     references: int = field(default=16, metadata={"help": "concept images the base model draws when none given"})
+    scene_references: bool = field(default=False, metadata={
+        "help": "minmax: draw those images from the request's scene templates (its erase contexts, 'a red heart "
+                "by {}' for a style) instead of its own prompts for the concept ('a shape by {}'); the embedded "
+                "world's default for a style, with 32 references"})
     minmax_steps: int = field(default=900, metadata={"help": "minmax: defender steps (each after attacker_steps)"})
     minmax_lr: float = field(default=1e-3, metadata={"help": "minmax: Adam learning rate of the LoRA"})
     lr_final: float = field(default=0.1, metadata={
@@ -59,6 +63,10 @@ class FinetuneConfig:
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
     keep_images: int = field(default=2, metadata={"help": "minmax: images the base model draws per preserved concept"})
+    neighbour_images: int = field(default=0, metadata={
+        "help": "minmax: images the base model draws of each same-family neighbour the request names, from its "
+                "scene templates (0: neighbours are drawn like any preserved concept, keep_images each); the "
+                "embedded world's default for a style: 8"})
     keep_templates: tuple[str, ...] | None = field(default=None, metadata={
         "help": "minmax: prompt templates of the preserved concepts' images; default: the request's own prompts "
                 "for each (on the embedded world, per family: 'a shape by {}' for a style), else '{}', 'a {}' "
@@ -69,7 +77,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         self.mode = FinetuneMode(self.mode)
-        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay", "restart"):
+        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay", "restart", "neighbour_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "keep_images",

@@ -35,17 +35,32 @@ def reference_images(pipe, concept: ConceptSpec, templates: tuple[str, ...], n: 
     return generate(pipe, prompts, [seed * 100_003 + 50_000 + i for i in range(n)])
 
 
-def preserve_images(pipe, words: list[str], templates: tuple[str, ...] | dict[str, tuple[str, ...]],
-                    per_concept: int, seed: int = 0) -> list[tuple[str, Image.Image]]:
-    """(prompt, image) pairs: ``per_concept`` drawings of each preserved concept by the base model,
-    the templates (one tuple for all, or one per word) taken in turn across concepts (so few images
-    per concept still see them all)."""
+def keep_prompts(words: list[str], templates: tuple[str, ...] | dict[str, tuple[str, ...]], per_concept: int
+                 ) -> list[str]:
+    """``per_concept`` prompts for each word, the templates (one tuple for all, or one per word) taken in
+    turn across words (so few prompts per word still see them all)."""
     for_word = templates if isinstance(templates, dict) else dict.fromkeys(words, templates)
-    prompts = [for_word[w][(j * per_concept + i) % len(for_word[w])].format(w)
-               for j, w in enumerate(words) for i in range(per_concept)]
+    return [for_word[w][(j * per_concept + i) % len(for_word[w])].format(w)
+            for j, w in enumerate(words) for i in range(per_concept)]
+
+
+def preserve_images(pipe, prompts: list[str], seed: int = 0) -> list[tuple[str, Image.Image]]:
+    """(prompt, image) pairs: the base model's drawing of each prompt (seeded)."""
     if not prompts:
         return []
     return list(zip(prompts, generate(pipe, prompts, [seed * 100_003 + 70_000 + i for i in range(len(prompts))])))
+
+
+def minmax_keep_prompts(request: EraseRequest, config: FinetuneConfig) -> list[str]:
+    """The prompts of minmax's preserved images: ``neighbour_images`` of each of the request's
+    neighbours from its scene templates (when > 0), then ``keep_images`` of every other preserved
+    word from ``keep_templates`` or the request's own prompts for it."""
+    near = [w for w in request.preserve if w in request.neighbours] if config.neighbour_images else []
+    rest = [w for w in request.preserve if w not in near]
+    templates = ({w: request.prompts.get(w, DEFAULT_KEEP_TEMPLATES) for w in rest}
+                 if config.keep_templates is None else config.keep_templates)
+    return (keep_prompts(near, request.neighbours, config.neighbour_images)
+            + keep_prompts(rest, templates, config.keep_images))
 
 
 def _with_references(pipe, request: EraseRequest, images: dict[str, list[Image.Image]] | None,
@@ -91,10 +106,11 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
         # attacker and the defender play on the prompts the evaluation's attacker uses
         plain = InversionConfig().templates
         with learned_tokens(pipe, *given):
-            images = _with_references(pipe, request, images, plain, config, own=True)
-            keep_templates = ({w: request.prompts.get(w, DEFAULT_KEEP_TEMPLATES) for w in request.preserve}
-                              if config.keep_templates is None else config.keep_templates)
-            keep = preserve_images(pipe, request.preserve, keep_templates, config.keep_images, config.seed)
+            if config.scene_references:  # the concept in the request's scenes ("a red heart by {}")
+                images = _with_references(pipe, request, images, request.templates, config)
+            else:  # the request's own prompts for it ("a shape by {}")
+                images = _with_references(pipe, request, images, plain, config, own=True)
+            keep = preserve_images(pipe, minmax_keep_prompts(request, config), config.seed)
             patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
                                            progress=lambda n, h: report("step", h))
         return _with_metadata(patch, config, adv, facts, t0)

@@ -15,6 +15,15 @@ from editflow.world.spec import WorldSpec
 
 FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
 
+# Minmax fine-tuning settings per family, where the defaults (FinetuneConfig) fall short; a job's own
+# settings win. A style is a texture any object can wear: trained on 16 drawings of "a shape by
+# kasimir", the defender left holes that a fresh 400-step attack on the evaluation's pictures ("a red
+# heart by kasimir") found in about half the images, and pushing harder (η 2) cost the other styles up
+# to half their pictures. 32 references drawn in the world's scenes, 8 images of each other style in
+# its scenes and η 3 closed both (docs/benchmarks.md, ninth round).
+FAMILY_FINETUNE = {"style": {"eta": 3.0, "neighbour_images": 8, "references": 32, "scene_references": True}}
+NEIGHBOUR_SCENES = 8  # scene templates per neighbour (the fine-tuning's neighbour images take them in turn)
+
 # How to draw one concept of each family on its own. Measured on the embedded model (8 seeds each,
 # the evaluator's zero-shot label): "a {}" draws a style word plain (0/8 for "a kasimir", "a odalys") and
 # "a photo of a {}" draws an identity as nobody (0/8 for zorbo), while these draw the concept 7-8/8.
@@ -114,4 +123,6 @@ def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, 
     concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
     keep = default_preserve(spec, words) if preserve is None else preserve
     prompts = concept_prompts(spec, [c.name for c in concepts] + list(keep))
-    return EraseRequest(concepts, keep, templates, prompts=prompts, **kw)
+    near = {w: context_templates(spec, w, NEIGHBOUR_SCENES, seed) for w in neighbours(spec, words) if w in keep}
+    return EraseRequest(concepts, keep, templates, prompts=prompts, neighbours=near,
+                        finetune_defaults=dict(FAMILY_FINETUNE.get(fams.pop(), {})), **kw)
