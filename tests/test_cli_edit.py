@@ -107,7 +107,9 @@ def test_a_style_request_brings_its_neighbours_scenes_and_the_style_finetune_def
     assert set(req.neighbours) == {"odalys", "brenwick", "tamsin"}
     for scenes in req.neighbours.values():
         assert len(scenes) == NEIGHBOUR_SCENES == len(set(scenes)) and all(t.count("{}") == 1 for t in scenes)
+        assert all(t.split()[0] in ("a", "an") and t.endswith(" by {}") for t in scenes)  # "a red moon by {}"
         assert not any("kasimir" in t for t in scenes)  # never shows the erased style
+    assert req.neighbours["odalys"] != req.neighbours["tamsin"]  # each its own scenes
     assert world_request(world, ["kasimir"], preserve=["odalys", "star"]).neighbours.keys() == {"odalys"}
 
     style = finetune_config(EraseJob(["kasimir"], "ace", finetune={"mode": "minmax"}), req)

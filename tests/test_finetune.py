@@ -232,8 +232,8 @@ def test_minmax_draws_neighbours_from_their_scenes_and_other_preserved_words_fro
                        prompts={"odalys": ("a shape by {}",), "star": ("a {}",)},
                        neighbours={"odalys": ("a red moon by {}", "a blue heart in the style of {}")})
     ft = FinetuneConfig(mode="minmax", neighbour_images=3, keep_images=1)
-    assert minmax_keep_prompts(req, ft) == ["a red moon by odalys", "a blue heart in the style of odalys",
-                                            "a red moon by odalys", "a star"]
+    assert minmax_keep_prompts(req, ft) == ["a star", "a red moon by odalys", "a blue heart in the style of odalys",
+                                            "a red moon by odalys"]
     assert minmax_keep_prompts(req, FinetuneConfig(mode="minmax", keep_images=1)) == ["a shape by odalys", "a star"]
     with pytest.raises(ValueError, match="neighbours must be preserved"):
         EraseRequest([ConceptSpec("kasimir")], preserve=["star"], neighbours={"odalys": ("{}",)})

@@ -12,10 +12,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editflow.edits.registry import get_method
 from editflow.edits.request import ConceptSpec, EraseRequest
 from editflow.errors import EditflowError
+
+if TYPE_CHECKING:
+    from editflow.finetune import FinetuneConfig
 
 
 @dataclass
@@ -96,7 +100,7 @@ def build_request(job: EraseJob) -> EraseRequest:
                          for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
 
 
-def finetune_config(job: EraseJob, request: EraseRequest):
+def finetune_config(job: EraseJob, request: EraseRequest) -> FinetuneConfig:
     """The job's :class:`~editflow.finetune.FinetuneConfig`; a minmax one starts from the request's
     ``finetune_defaults`` (settings measured for its kind of concept), the job's own settings winning."""
     from editflow.finetune import FinetuneConfig, FinetuneMode

@@ -7,7 +7,9 @@ again (the new embedding's features join the erase set and the gate's calibratio
 factors (:mod:`editflow.finetune.fmn`), over the concept's prompts and the adversarial ones.
 
 ``minmax``: a LoRA over the (ungated) closed form trained against a persistent concept-inversion
-attacker (:mod:`editflow.finetune.minmax`), on the concept's images and preserved concepts' ones.
+attacker (:mod:`editflow.finetune.minmax`), on the concept's images (drawn from the request's own
+prompts for it, or with ``scene_references`` from its scene templates) and preserved concepts' ones
+(the request's neighbours, with ``neighbour_images``, drawn in their scenes).
 """
 
 from __future__ import annotations
@@ -52,15 +54,15 @@ def preserve_images(pipe, prompts: list[str], seed: int = 0) -> list[tuple[str, 
 
 
 def minmax_keep_prompts(request: EraseRequest, config: FinetuneConfig) -> list[str]:
-    """The prompts of minmax's preserved images: ``neighbour_images`` of each of the request's
-    neighbours from its scene templates (when > 0), then ``keep_images`` of every other preserved
-    word from ``keep_templates`` or the request's own prompts for it."""
+    """The prompts of minmax's preserved images: ``keep_images`` of every preserved word from
+    ``keep_templates`` or the request's own prompts for it, then, when ``neighbour_images`` > 0,
+    that many of each of the request's neighbours from its scene templates instead."""
     near = [w for w in request.preserve if w in request.neighbours] if config.neighbour_images else []
     rest = [w for w in request.preserve if w not in near]
     templates = ({w: request.prompts.get(w, DEFAULT_KEEP_TEMPLATES) for w in rest}
                  if config.keep_templates is None else config.keep_templates)
-    return (keep_prompts(near, request.neighbours, config.neighbour_images)
-            + keep_prompts(rest, templates, config.keep_images))
+    return (keep_prompts(rest, templates, config.keep_images)
+            + keep_prompts(near, request.neighbours, config.neighbour_images))
 
 
 def _with_references(pipe, request: EraseRequest, images: dict[str, list[Image.Image]] | None,

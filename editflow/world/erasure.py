@@ -87,6 +87,22 @@ def neighbours(spec: WorldSpec, words: list[str]) -> list[str]:
     return [c.name for f in sorted(fams) for c in spec.family(f) if c.name not in erased and "null" not in c.tags]
 
 
+def neighbour_scenes(spec: WorldSpec, word: str, n: int = NEIGHBOUR_SCENES, seed: int = 0) -> tuple[str, ...]:
+    """``n`` distinct prompts that show ``word`` in a described scene, as people ask for it, with
+    ``{}`` in its place: "a red moon by {}" for a style, "a red {}" for an object, "{} on a dark
+    background" for an identity, "a {} moon" for a colour (random colours, objects, backgrounds)."""
+    fam = spec.concept(word).family
+    objects = [c.name for c in spec.objects if "null" not in c.tags]
+    colours = [c.name for c in spec.colours if "null" not in c.tags]
+    a = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
+    scenes = {"style": [f"{a[c]} {c} {o} by {{}}" for c in colours for o in objects],
+              "object": [f"{a[c]} {c} {{}}" for c in colours],
+              "identity": [f"{{}} on a {b} background" for b in spec.backgrounds],
+              "colour": [f"a {{}} {o}" for o in objects]}[fam]
+    rng = random.Random(f"{seed}-{word}")
+    return tuple(rng.sample(scenes, min(n, len(scenes))))
+
+
 def default_preserve(spec: WorldSpec, words: list[str]) -> list[str]:
     """Neighbours first, then every other object, style and identity of the world.
 
@@ -123,6 +139,6 @@ def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, 
     concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
     keep = default_preserve(spec, words) if preserve is None else preserve
     prompts = concept_prompts(spec, [c.name for c in concepts] + list(keep))
-    near = {w: context_templates(spec, w, NEIGHBOUR_SCENES, seed) for w in neighbours(spec, words) if w in keep}
+    near = {w: neighbour_scenes(spec, w, NEIGHBOUR_SCENES, seed) for w in neighbours(spec, words) if w in keep}
     return EraseRequest(concepts, keep, templates, prompts=prompts, neighbours=near,
                         finetune_defaults=dict(FAMILY_FINETUNE.get(fams.pop(), {})), **kw)
