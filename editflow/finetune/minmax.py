@@ -21,7 +21,9 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
   blade and cross, the pointed shapes next to a star) instead of tightening everywhere; off by
   default until measured over training seeds (docs/benchmarks.md, third round). The images are
   the caller's (:mod:`editflow.finetune.run` draws them with the request's own prompt for each
-  concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain).
+  concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain;
+  or the concept in the request's scenes, and its neighbours in described ones: ``scene_references``,
+  ``neighbour_images``).
   The LoRA's Adam learning rate follows a cosine from ``minmax_lr`` down to ``lr_final`` of it
   (cosine annealing without restarts, Loshchilov & Hutter 2017, "SGDR", eq. 5; to a tenth by
   default, ``lr_final = 1`` keeps it constant), so that the defender can settle against the
@@ -41,6 +43,9 @@ identity with η = 2 cost other styles' pictures (specificity 0.95 with either l
 0.996 / 0.991 / 0.996 and attack 0.04 / 0.13 / 0.25 on star, 0.982 / 0.991 / 0.964 and
 0 / 0 / 0.17 on zorbo (training seeds 0 / 1 / 2, eighth round), the goal met on the median of
 both; on the style kasimir specificity 0.955 / 0.937 / 0.973, attack 0.63 / 0.46 / 0.75: not met.
+A style's request brings its own settings (:data:`editflow.world.erasure.FAMILY_FINETUNE`: η 3, 8
+images of each other style in described scenes, 32 concept images in the request's scenes):
+kasimir 0.42 / 0.13 / 0.33, specificity 0.946 / 0.964 / 1.000 (ninth round), still not met.
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).

@@ -19,8 +19,9 @@ FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
 # settings win. A style is a texture any object can wear: trained on 16 drawings of "a shape by
 # kasimir", the defender left holes that a fresh 400-step attack on the evaluation's pictures ("a red
 # heart by kasimir") found in about half the images, and pushing harder (η 2) cost the other styles up
-# to half their pictures. 32 references drawn in the world's scenes, 8 images of each other style in
-# its scenes and η 3 closed both (docs/benchmarks.md, ninth round).
+# to half their pictures (2 preserved images each). 32 references drawn in the request's scenes, 8
+# images of each other style in described scenes and η 3: median attack 0.33 instead of 0.63,
+# specificity 0.964 instead of 0.955 over three training seeds (docs/benchmarks.md, ninth round).
 FAMILY_FINETUNE = {"style": {"eta": 3.0, "neighbour_images": 8, "references": 32, "scene_references": True}}
 NEIGHBOUR_SCENES = 8  # scene templates per neighbour (the fine-tuning's neighbour images take them in turn)
 
