@@ -140,6 +140,6 @@ def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, 
     concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
     keep = default_preserve(spec, words) if preserve is None else preserve
     prompts = concept_prompts(spec, [c.name for c in concepts] + list(keep))
-    near = {w: neighbour_scenes(spec, w, NEIGHBOUR_SCENES, seed) for w in neighbours(spec, words) if w in keep}
+    near = {w: neighbour_scenes(spec, w, seed=seed) for w in neighbours(spec, words) if w in keep}
     return EraseRequest(concepts, keep, templates, prompts=prompts, neighbours=near,
                         finetune_defaults=dict(FAMILY_FINETUNE.get(fams.pop(), {})), **kw)
