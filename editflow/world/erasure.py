@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from editflow.edits.request import ConceptSpec, EraseRequest
-from editflow.world.captions import caption, sample_scene
+from editflow.world.captions import caption, fix_articles, sample_scene
 from editflow.world.spec import WorldSpec
 
 FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
@@ -95,9 +95,8 @@ def neighbour_scenes(spec: WorldSpec, word: str, n: int = NEIGHBOUR_SCENES, seed
     fam = spec.concept(word).family
     objects = [c.name for c in spec.objects if "null" not in c.tags]
     colours = [c.name for c in spec.colours if "null" not in c.tags]
-    a = {c: "an" if c[0] in "aeiou" else "a" for c in colours}
-    scenes = {"style": [f"{a[c]} {c} {o} by {{}}" for c in colours for o in objects],
-              "object": [f"{a[c]} {c} {{}}" for c in colours],
+    scenes = {"style": [fix_articles(f"a {c} {o} by {{}}") for c in colours for o in objects],
+              "object": [fix_articles(f"a {c} {{}}") for c in colours],
               "identity": [f"{{}} on a {b} background" for b in spec.backgrounds],
               "colour": [f"a {{}} {o}" for o in objects]}[fam]
     rng = random.Random(f"{seed}-{word}")
