@@ -97,8 +97,9 @@ def test_default_preserve_covers_neighbours_then_other_families(world):
 
 
 def test_a_style_request_brings_its_neighbours_scenes_and_the_style_finetune_defaults(world):
-    """A style's neighbours (the other styles) come with scene templates and its minmax starts from
-    the world's style settings (η 3, 8 images per neighbour); the job's own settings win; an object
+    """A style's neighbours (the other styles) and the style itself come with described scenes that
+    wear every colour in turn, and its minmax starts from the world's style settings (η 3, 16 images
+    per neighbour, 5 attackers, half the word term in context); the job's own settings win; an object
     keeps FinetuneConfig's defaults."""
     from editflow.edits.erase import EraseJob, build_request, finetune_config
     from editflow.world.erasure import FAMILY_FINETUNE, NEIGHBOUR_SCENES, world_request
@@ -110,17 +111,25 @@ def test_a_style_request_brings_its_neighbours_scenes_and_the_style_finetune_def
         assert all(t.split()[0] in ("a", "an") and t.endswith(" by {}") for t in scenes)  # "a red moon by {}"
         assert not any("kasimir" in t for t in scenes)  # never shows the erased style
     assert req.neighbours["odalys"] != req.neighbours["tamsin"]  # each its own scenes
+    colours = [c.name for c in world.colours if "null" not in c.tags]
+    for scenes in (*req.neighbours.values(), req.scenes["kasimir"]):  # every colour, evenly
+        worn = [next(c for c in colours if f" {c} " in t) for t in scenes]
+        assert max(map(worn.count, colours)) - min(map(worn.count, colours)) <= 1
+    assert len(req.scenes["kasimir"]) == len(req.templates) == len(set(req.scenes["kasimir"]))
+    assert all(t.endswith(" by {}") and "kasimir" not in t for t in req.scenes["kasimir"])
     assert world_request(world, ["kasimir"], preserve=["odalys", "star"]).neighbours.keys() == {"odalys"}
 
     style = finetune_config(EraseJob(["kasimir"], "ace", finetune={"mode": "minmax"}), req)
-    assert (style.eta, style.neighbour_images) == (FAMILY_FINETUNE["style"]["eta"], 8) == (3.0, 8)
+    assert (style.eta, style.neighbour_images) == (FAMILY_FINETUNE["style"]["eta"], 16) == (3.0, 16)
     assert style.scene_references and style.references == 32
+    assert (style.scene_words, style.attackers) == (0.5, 5)
     own = EraseJob(["kasimir"], "ace", finetune={"mode": "minmax", "eta": 1.5})
     assert finetune_config(own, req).eta == 1.5
     assert finetune_config(EraseJob(["kasimir"], "ace", finetune={"mode": "fmn"}), req).eta == 1.0
     star = EraseJob(["star"], "ace", finetune={"mode": "minmax"})
     obj = finetune_config(star, build_request(star))
     assert (obj.eta, obj.neighbour_images, obj.scene_references) == (1.0, 0, False)
+    assert (obj.scene_words, obj.attackers) == (0, 3)
     assert build_request(star).finetune_defaults == {}
 
 

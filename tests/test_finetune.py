@@ -241,10 +241,11 @@ def test_minmax_draws_neighbours_from_their_scenes_and_other_preserved_words_fro
         FinetuneConfig(neighbour_images=-1)
 
 
-@pytest.mark.parametrize("scenes", [False, True])
-def test_minmax_draws_the_concept_from_its_own_prompts_or_the_request_scenes(pipe, monkeypatch, scenes):
-    """scene_references: the concept's reference images come from the request's scene templates
-    (its erase contexts), else from its own prompts; ``references`` of them either way."""
+@pytest.mark.parametrize("source", ["prompts", "templates", "scenes"])
+def test_minmax_draws_the_concept_from_its_own_prompts_or_the_request_scenes(pipe, monkeypatch, source):
+    """scene_references: the concept's reference images come from the request's described scenes of
+    it, or its scene templates (its erase contexts) where it has none; else from its own prompts;
+    ``references`` of them either way."""
     import editflow.finetune.run as run
 
     drawn = []
@@ -255,13 +256,51 @@ def test_minmax_draws_the_concept_from_its_own_prompts_or_the_request_scenes(pip
         return real(pipe, concept, templates, n, seed)
 
     monkeypatch.setattr(run, "reference_images", spy)
+    scenes = {"star": ("a blue {}", "a white {}")} if source == "scenes" else {}
     req = EraseRequest([ConceptSpec("star", anchor="shape")], preserve=["circle"], templates=("a red {}", "a {} here"),
-                       prompts={"star": ("a {}",)})
+                       prompts={"star": ("a {}",)}, scenes=scenes)
     method = get_method("ace")
     ft = FinetuneConfig(mode="minmax", minmax_steps=1, attacker_steps=1, lora_rank=2, references=3, keep_images=1,
-                        batch=2, attackers=1, scene_references=scenes)
+                        batch=2, attackers=1, scene_references=source != "prompts")
     finetune(pipe, req, method.compute(pipe, req, ACEConfig(gated=False)), lambda r: None, ft)
-    assert drawn == [(("a red {}", "a {} here") if scenes else ("a {}",), 3)]
+    expected = {"prompts": ("a {}",), "templates": ("a red {}", "a {} here"), "scenes": ("a blue {}", "a white {}")}
+    assert drawn == [(expected[source], 3)]
+    with pytest.raises(ValueError, match="scenes must be erased"):
+        EraseRequest([ConceptSpec("star")], scenes={"circle": ("a {}",)})
+    with pytest.raises(ValueError, match="exactly one"):
+        EraseRequest([ConceptSpec("star")], scenes={"star": ("a blue star",)})
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_minmax_word_term_says_the_concept_in_the_request_contexts(pipe, monkeypatch, share):
+    """scene_words: that share of the defender's prompts for the concept's words come from the
+    request's scene templates and described scenes of it, each with its neutral version for the
+    guided target; at 0 only the attack's plain templates are said."""
+    import editflow.finetune.minmax as minmax
+
+    said = []
+    real = minmax.D.text_features
+
+    def spy(pipe, prompts, *a, **kw):
+        said.extend(prompts)
+        return real(pipe, prompts, *a, **kw)
+
+    monkeypatch.setattr(minmax.D, "text_features", spy)
+    req = EraseRequest([ConceptSpec("star", ("pentagram",), anchor="shape")], preserve=["circle"],
+                       templates=("a red {} on a dark background",), scenes={"star": ("a blue {}",)})
+    method = get_method("ace")
+    ft = FinetuneConfig(mode="minmax", minmax_steps=2, attacker_steps=1, lora_rank=2, references=2, keep_images=1,
+                        batch=4, attackers=1, scene_words=share)
+    patch = method.compute(pipe, req, ACEConfig(gated=False))
+    said.clear()  # the closed form says the request's templates too
+    finetune(pipe, req, patch, lambda r: None, ft)
+    contexts = {t.format(w) for t in ("a red {} on a dark background", "a blue {}") for w in ("star", "pentagram")}
+    neutral = {"a red shape on a dark background", "a blue shape"}
+    assert bool(set(said) & contexts) == bool(share) == bool(set(said) & neutral)
+    if share:  # every word prompt of a step is in a context, beside the plain ones the adversarial target uses
+        assert len([p for p in said if p in contexts]) == 2 * ft.batch
+    with pytest.raises(ValueError, match="scene_words"):
+        FinetuneConfig(scene_words=1.5)
 
 
 def test_minmax_defender_moves_the_concept_towards_the_negatively_guided_target(pipe):

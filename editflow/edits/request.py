@@ -48,6 +48,10 @@ class EraseRequest:
     # ("a red blade by {}" for a style): the minmax fine-tuning draws ``neighbour_images`` of each from them.
     # Not part of the closed form (nor of the fingerprint).
     neighbours: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # erased concepts, each with templates that show it in described scenes covering how it looks (every
+    # colour for a style): the minmax fine-tuning draws its references from them with ``scene_references``;
+    # concepts without an entry use ``templates``. Not part of the closed form (nor of the fingerprint).
+    scenes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # fine-tuning settings measured for this kind of concept on this model (FinetuneConfig fields; the
     # embedded world's, per family: editflow.world.erasure.FAMILY_FINETUNE); the job's own settings win
     finetune_defaults: dict = field(default_factory=dict)
@@ -56,12 +60,16 @@ class EraseRequest:
         self.token_policy = TokenPolicy(self.token_policy)
         self.prompts = {w: tuple(ts) for w, ts in self.prompts.items()}
         self.neighbours = {w: tuple(ts) for w, ts in self.neighbours.items()}
+        self.scenes = {w: tuple(ts) for w, ts in self.scenes.items()}
         stray = sorted(set(self.neighbours) - set(self.preserve))
         if stray:
             raise ValueError(f"neighbours must be preserved words: {stray}")
-        own = [t for ts in (*self.prompts.values(), *self.neighbours.values()) for t in ts]
-        bad = [t for t in (*self.templates, *own) if t.count("{}") != 1]
-        bad += [w for w, ts in (*self.prompts.items(), *self.neighbours.items()) if not ts]  # a word with no prompt
+        stray = sorted(set(self.scenes) - {c.name for c in self.concepts})
+        if stray:
+            raise ValueError(f"scenes must be erased concepts' names: {stray}")
+        per_word = (*self.prompts.items(), *self.neighbours.items(), *self.scenes.items())
+        bad = [t for t in (*self.templates, *(t for _, ts in per_word for t in ts)) if t.count("{}") != 1]
+        bad += [w for w, ts in per_word if not ts]  # a word with no prompt
         if bad:
             raise ValueError(f"each template needs exactly one '{{}}' for the concept: {bad[:3]}")
         erased = {w.lower() for c in self.concepts for w in c.words}

@@ -38,9 +38,15 @@ class FinetuneConfig:
         "help": "adv: PGD ball radius around the concept word's embedding, in units of its norm"})
     references: int = field(default=16, metadata={"help": "concept images the base model draws when none given"})
     scene_references: bool = field(default=False, metadata={
-        "help": "minmax: draw those images from the request's scene templates (its erase contexts, 'a red heart "
-                "by {}' for a style) instead of its own prompts for the concept ('a shape by {}'); the embedded "
-                "world's default for a style, with 32 references"})
+        "help": "minmax: draw those images from the request's described scenes of the concept (on the embedded "
+                "world 'a blue heart by {}' for a style, every colour in turn), else its scene templates, instead "
+                "of its own prompts for the concept ('a shape by {}'); the embedded world's default for a style, "
+                "with 32 references"})
+    scene_words: float = field(default=0.0, metadata={
+        "help": "minmax: share of the defender's prompts for the concept's words taken from the request's contexts "
+                "of it (its scene templates and described scenes: 'a blue ball in the style of {}'), each against "
+                "the guided target there, instead of the attack's plain templates; the embedded world's default "
+                "for a style: 0.5"})
     minmax_steps: int = field(default=900, metadata={"help": "minmax: defender steps (each after attacker_steps)"})
     minmax_lr: float = field(default=1e-3, metadata={"help": "minmax: Adam learning rate of the LoRA"})
     lr_final: float = field(default=0.1, metadata={
@@ -58,7 +64,8 @@ class FinetuneConfig:
     attackers: int = field(default=3, metadata={
         "help": "minmax: persistent attackers per concept (starts alternate the anchor word and the mean "
                 "embedding); they take turns, the defender answers all of them (3 lowered the 400-step "
-                "attack in every paired run against 1: docs/benchmarks.md, fifth round)"})
+                "attack in every paired run against 1: docs/benchmarks.md, fifth round); the embedded world's "
+                "default for a style: 5"})
     replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
     minmax_preserve: float = field(default=4.0, metadata={
         "help": "minmax: weight of keeping preserved concepts' predictions (12: specificity up, robustness down)"})
@@ -66,7 +73,7 @@ class FinetuneConfig:
     neighbour_images: int = field(default=0, metadata={
         "help": "minmax: images the base model draws of each same-family neighbour the request names, from its "
                 "scene templates (0: neighbours are drawn like any preserved concept, keep_images each); the "
-                "embedded world's default for a style: 8"})
+                "embedded world's default for a style: 16"})
     keep_templates: tuple[str, ...] | None = field(default=None, metadata={
         "help": "minmax: prompt templates of the preserved concepts' images; default: the request's own prompts "
                 "for each (on the embedded world, per family: 'a shape by {}' for a style), else '{}', 'a {}' "
@@ -94,5 +101,6 @@ class FinetuneConfig:
                 raise ValueError("keep_templates: each needs exactly one '{}' for the concept")
         if not 0 <= self.lr_final <= 1:
             raise ValueError("lr_final must be between 0 and 1")
-        if not 0 <= self.preserve_focus <= 1:
-            raise ValueError("preserve_focus must be between 0 and 1")
+        for name in ("preserve_focus", "scene_words"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")

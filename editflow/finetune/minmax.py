@@ -22,7 +22,7 @@ game on the patch alone, with the attack the evaluation measures (Pham et al. 20
   default until measured over training seeds (docs/benchmarks.md, third round). The images are
   the caller's (:mod:`editflow.finetune.run` draws them with the request's own prompt for each
   concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain;
-  or the concept in the request's scenes, and its neighbours in described ones: ``scene_references``,
+  or the concept in its described scenes, and its neighbours in theirs: ``scene_references``,
   ``neighbour_images``).
   The LoRA's Adam learning rate follows a cosine from ``minmax_lr`` down to ``lr_final`` of it
   (cosine annealing without restarts, Loshchilov & Hutter 2017, "SGDR", eq. 5; to a tenth by
@@ -43,9 +43,12 @@ identity with η = 2 cost other styles' pictures (specificity 0.95 with either l
 0.996 / 0.991 / 0.996 and attack 0.04 / 0.13 / 0.25 on star, 0.982 / 0.991 / 0.964 and
 0 / 0 / 0.17 on zorbo (training seeds 0 / 1 / 2, eighth round), the goal met on the median of
 both; on the style kasimir specificity 0.955 / 0.937 / 0.973, attack 0.63 / 0.46 / 0.75: not met.
-A style's request brings its own settings (:data:`editflow.world.erasure.FAMILY_FINETUNE`: η 3, 8
-images of each other style in described scenes, 32 concept images in the request's scenes):
-kasimir 0.42 / 0.13 / 0.33, specificity 0.946 / 0.964 / 1.000 (ninth round), still not met.
+A style's request brings its own settings (:data:`editflow.world.erasure.FAMILY_FINETUNE`): η 3,
+32 concept images in described scenes of every colour, five attackers, 16 images of each other
+style, and ``scene_words`` 0.5: half the word term's prompts come from the request's contexts of the
+concept ("a blue ball in the style of {}"), each against the guided target of its own neutral
+prompt, so that the patch erases the word where people say it, not only in the attack's plain
+templates. Kasimir: attack 0.04 / 0.17 / 0.04, erasure 0, specificity 0.991 / 1.000 / 1.000 (tenth round), met.
 
 The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
@@ -103,13 +106,15 @@ class PatchLoRA(torch.nn.Module):
 
 def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dict[str, list[Image.Image]],
                     preserve: list[tuple[str, Image.Image]], templates: tuple[str, ...], config: FinetuneConfig,
-                    progress=None) -> tuple[Patch, dict]:
+                    progress=None, contexts: dict[str, tuple[str, ...]] | None = None) -> tuple[Patch, dict]:
     """Train a LoRA over ``patch`` for ``config.minmax_steps`` defender steps (module docstring).
 
     ``images``: pictures of each concept (by name); ``preserve``: (prompt, picture) pairs of
-    concepts to keep; ``templates``: prompt templates with one ``{}``. Returns the new patch and
-    first/last loss averages.
+    concepts to keep; ``templates``: prompt templates with one ``{}``; ``contexts``: templates in
+    which people name each concept (by name), a ``scene_words`` share of the word term's prompts.
+    Returns the new patch and first/last loss averages.
     """
+    contexts = contexts or {}
     D.check_trainable(pipe)
     if patch.gate is not None:
         raise EditflowError("--finetune minmax trains over an ungated closed form (a gate lets the attacker's "
@@ -150,6 +155,13 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                      + (1 - config.preserve_focus) / len(keep_err))
             return torch.multinomial(probs, B, replacement=True, generator=gen).tolist()
         return [rng.randrange(len(x_keep)) for _ in range(B)]
+
+    def guided(concept: ConceptSpec, x_t: torch.Tensor, t: torch.Tensor, said: list[str]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the concept's words in ``said`` and the base model's negatively guided target there."""
+        words = D.text_features(pipe, [s.format(rng.choice(concept.words)) for s in said])
+        neutral = D.unet_output(pipe, x_t, t, D.text_features(pipe, [s.format(concept.anchor).strip() for s in said]))
+        return words, esd_target(neutral, D.unet_output(pipe, x_t, t, words), config.eta)
 
     def start(concept: ConceptSpec, k: int) -> torch.Tensor:
         word = [concept.anchor.strip() or None, None][k % 2]
@@ -204,14 +216,15 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                         v.copy_(past)
                         adv.append(D.text_features(pipe, [s.format(tok) for s in chosen]))
                     v.copy_(now)
-                words = D.text_features(pipe, [s.format(rng.choice(concept.words)) for s in chosen])
-                neutral = D.unet_output(pipe, x_t, t, D.text_features(
-                    pipe, [s.format(concept.anchor).strip() for s in chosen]))
-                goal = esd_target(neutral, D.unet_output(pipe, x_t, t, words), config.eta)
+                words, goal = guided(concept, x_t, t, chosen)
+                said_goal = goal
+                if config.scene_words and contexts.get(name):  # the word also in the ways people say it
+                    said = [rng.choice(contexts[name]) if rng.random() < config.scene_words else s for s in chosen]
+                    words, said_goal = guided(concept, x_t, t, said)
             up, down = lora.factors()
             with linear_deltas(modules, up, down):
                 adversarial = sum(F.mse_loss(D.unet_output(pipe, x_t, t, f), goal) for f in adv) / len(adv)
-                word = F.mse_loss(D.unet_output(pipe, x_t, t, words), goal)
+                word = F.mse_loss(D.unet_output(pipe, x_t, t, words), said_goal)
             keep = torch.zeros(())
             if x_keep is not None:
                 kidx = keep_batch()

@@ -8,8 +8,8 @@ factors (:mod:`editflow.finetune.fmn`), over the concept's prompts and the adver
 
 ``minmax``: a LoRA over the (ungated) closed form trained against a persistent concept-inversion
 attacker (:mod:`editflow.finetune.minmax`), on the concept's images (drawn from the request's own
-prompts for it, or with ``scene_references`` from its scene templates) and preserved concepts' ones
-(the request's neighbours, with ``neighbour_images``, drawn in their scenes).
+prompts for it, or with ``scene_references`` from its described scenes, else its scene templates) and
+preserved concepts' ones (the request's neighbours, with ``neighbour_images``, drawn in their scenes).
 """
 
 from __future__ import annotations
@@ -66,15 +66,16 @@ def minmax_keep_prompts(request: EraseRequest, config: FinetuneConfig) -> list[s
 
 
 def _with_references(pipe, request: EraseRequest, images: dict[str, list[Image.Image]] | None,
-                     templates: tuple[str, ...], config: FinetuneConfig, own: bool = False
-                     ) -> dict[str, list[Image.Image]]:
+                     templates: tuple[str, ...], config: FinetuneConfig,
+                     own: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[Image.Image]]:
     """``images`` with the base model's drawings (:func:`reference_images`) for concepts it lacks,
-    from ``templates`` or (``own``) from the request's prompts for the concept where it has them."""
+    from the concept's ``own`` templates where it has them (the request's prompts or scenes for it),
+    else from ``templates``."""
     out = dict(images or {})
     for c in request.concepts:
         if c.name not in out:
-            ts = request.prompts.get(c.name, templates) if own else templates
-            out[c.name] = reference_images(pipe, c, ts, config.references, config.seed)
+            out[c.name] = reference_images(pipe, c, (own or {}).get(c.name, templates), config.references,
+                                           config.seed)
     return out
 
 
@@ -108,13 +109,14 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
         # attacker and the defender play on the prompts the evaluation's attacker uses
         plain = InversionConfig().templates
         with learned_tokens(pipe, *given):
-            if config.scene_references:  # the concept in the request's scenes ("a red heart by {}")
-                images = _with_references(pipe, request, images, request.templates, config)
+            if config.scene_references:  # the concept in the request's scenes ("a blue heart by {}")
+                images = _with_references(pipe, request, images, request.templates, config, request.scenes)
             else:  # the request's own prompts for it ("a shape by {}")
-                images = _with_references(pipe, request, images, plain, config, own=True)
+                images = _with_references(pipe, request, images, plain, config, request.prompts)
             keep = preserve_images(pipe, minmax_keep_prompts(request, config), config.seed)
+            contexts = {c.name: request.templates + request.scenes.get(c.name, ()) for c in request.concepts}
             patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
-                                           progress=lambda n, h: report("step", h))
+                                           progress=lambda n, h: report("step", h), contexts=contexts)
         return _with_metadata(patch, config, adv, facts, t0)
     if config.mode is FinetuneMode.adv and config.rounds:
         images = _with_references(pipe, request, images, request.templates, config)

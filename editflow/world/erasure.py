@@ -19,11 +19,15 @@ FAMILY_ANCHORS = {"object": "shape", "colour": "", "style": "", "identity": ""}
 # settings win. A style is a texture any object can wear: trained on 16 drawings of "a shape by
 # kasimir", the defender left holes that a fresh 400-step attack on the evaluation's pictures ("a red
 # heart by kasimir") found in about half the images, and pushing harder (η 2) cost the other styles up
-# to half their pictures (2 preserved images each). 32 references drawn in the request's scenes, 8
-# images of each other style in described scenes and η 3: median attack 0.33 instead of 0.63,
-# specificity 0.964 instead of 0.955 over three training seeds (docs/benchmarks.md, ninth round).
-FAMILY_FINETUNE = {"style": {"eta": 3.0, "neighbour_images": 8, "references": 32, "scene_references": True}}
-NEIGHBOUR_SCENES = 8  # scene templates per neighbour (the fine-tuning's neighbour images take them in turn)
+# to half their pictures (2 preserved images each). η 3; 32 references drawn in the style's described
+# scenes, every colour in turn; half the word term's prompts from the request's contexts ("a blue ball
+# in the style of kasimir", which leaked with the plain ones only); 5 attackers; 16 images of each other
+# style, each in its own described scene (with 8, five attackers cost odalys a quarter of its pictures).
+# Over three training seeds: attack 0.04 / 0.17 / 0.04, erasure 0, specificity 0.991 / 1.000 / 1.000, the goal met
+# (docs/benchmarks.md, tenth round; the ninth round's settings: median attack 0.33, specificity 0.964).
+FAMILY_FINETUNE = {"style": {"eta": 3.0, "neighbour_images": 16, "references": 32, "scene_references": True,
+                             "scene_words": 0.5, "attackers": 5}}
+NEIGHBOUR_SCENES = 16  # described scenes per neighbour (the fine-tuning's neighbour images take them in turn)
 
 # How to draw one concept of each family on its own. Measured on the embedded model (8 seeds each,
 # the evaluator's zero-shot label): "a {}" draws a style word plain (0/8 for "a kasimir", "a odalys") and
@@ -88,19 +92,28 @@ def neighbours(spec: WorldSpec, words: list[str]) -> list[str]:
     return [c.name for f in sorted(fams) for c in spec.family(f) if c.name not in erased and "null" not in c.tags]
 
 
-def neighbour_scenes(spec: WorldSpec, word: str, n: int = NEIGHBOUR_SCENES, seed: int = 0) -> tuple[str, ...]:
+def described_scenes(spec: WorldSpec, word: str, n: int = NEIGHBOUR_SCENES, seed: int = 0) -> tuple[str, ...]:
     """``n`` distinct prompts that show ``word`` in a described scene, as people ask for it, with
     ``{}`` in its place: "a red moon by {}" for a style, "a red {}" for an object, "{} on a dark
-    background" for an identity, "a {} moon" for a colour (random colours, objects, backgrounds)."""
+    background" for an identity, "a {} moon" for a colour.
+
+    The scene's first attribute (a style's or an object's colour, an identity's background, a
+    colour's object) takes its values in turn, in a seeded order, so that any ``n`` covers them
+    evenly: the evaluation's targets and its attacker's references wear every colour, while the 32
+    caption contexts of kasimir held two blue scenes and one purple (docs/benchmarks.md, tenth round).
+    """
     fam = spec.concept(word).family
     objects = [c.name for c in spec.objects if "null" not in c.tags]
     colours = [c.name for c in spec.colours if "null" not in c.tags]
-    scenes = {"style": [fix_articles(f"a {c} {o} by {{}}") for c in colours for o in objects],
-              "object": [fix_articles(f"a {c} {{}}") for c in colours],
-              "identity": [f"{{}} on a {b} background" for b in spec.backgrounds],
-              "colour": [f"a {{}} {o}" for o in objects]}[fam]
+    rows = {"style": [[fix_articles(f"a {c} {o} by {{}}") for o in objects] for c in colours],
+            "object": [[fix_articles(f"a {c} {{}}")] for c in colours],
+            "identity": [[f"{{}} on a {b} background"] for b in spec.backgrounds],
+            "colour": [[f"a {{}} {o}"] for o in objects]}[fam]
     rng = random.Random(f"{seed}-{word}")
-    return tuple(rng.sample(scenes, min(n, len(scenes))))
+    rng.shuffle(rows)
+    for row in rows:
+        rng.shuffle(row)
+    return tuple(rows[i % len(rows)][i // len(rows)] for i in range(min(n, len(rows) * len(rows[0]))))
 
 
 def default_preserve(spec: WorldSpec, words: list[str]) -> list[str]:
@@ -139,6 +152,7 @@ def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, 
     concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
     keep = default_preserve(spec, words) if preserve is None else preserve
     prompts = concept_prompts(spec, [c.name for c in concepts] + list(keep))
-    near = {w: neighbour_scenes(spec, w, seed=seed) for w in neighbours(spec, words) if w in keep}
-    return EraseRequest(concepts, keep, templates, prompts=prompts, neighbours=near,
+    near = {w: described_scenes(spec, w, seed=seed) for w in neighbours(spec, words) if w in keep}
+    scenes = {c.name: described_scenes(spec, c.name, n_templates, seed) for c in concepts}
+    return EraseRequest(concepts, keep, templates, prompts=prompts, neighbours=near, scenes=scenes,
                         finetune_defaults=dict(FAMILY_FINETUNE.get(fams.pop(), {})), **kw)
