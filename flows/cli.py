@@ -54,15 +54,43 @@ def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None,
 @app.command("serve")
 @cli_errors
 def serve_cmd(policy: list[Path] = typer.Argument(..., help="Policy files to serve.")):
-    """Serve policies on their cron schedules against a Prefect server (blocks; Ctrl-C stops).
+    """Serve policies on their cron schedules against a Prefect server (blocks; Ctrl-C or SIGTERM stops).
 
     Needs a real server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api.
     """
-    from prefect import serve
-
     from flows.policy import deployment
 
     if not os.environ.get("PREFECT_API_URL"):
         raise EditflowError("policy serve needs a Prefect server: run `prefect server start` and set "
                             "PREFECT_API_URL=http://127.0.0.1:4200/api")
     serve(*[deployment(str(p)) for p in policy])
+
+
+def serve(*deployments) -> None:
+    """``prefect.serve`` that also stops on SIGTERM (``docker stop``, systemd, Kubernetes).
+
+    Prefect's runner handles SIGTERM by calling its sync ``stop()`` from inside its own event loop,
+    where it only creates a coroutine that is never awaited, and the process hangs until SIGKILL.
+    Here SIGTERM schedules the async stop on the loop instead: the poller stops, in-flight runs are
+    cancelled, schedules are paused (as on Ctrl-C) and the command returns.
+    """
+    import asyncio
+
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args) -> None:
+            self._logger.info("SIGTERM received, shutting down...")
+            if not self.started or self._loop is None:  # not polling yet: leave as Ctrl-C would
+                raise KeyboardInterrupt
+            self._loop.call_soon_threadsafe(lambda: setattr(self, "_stop_task", asyncio.ensure_future(self.astop())))
+
+    runner = _Runner(pause_on_shutdown=True)
+    for d in deployments:
+        runner.add_deployment(d)
+        typer.echo(f"serving {d.name} ({d.schedules[0].schedule.cron})" if d.schedules else f"serving {d.name}")
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass
+    typer.echo("stopped")

@@ -70,11 +70,11 @@ def evaluate_task(job: dict, patch_bytes_hash: str, fan_out: bool = False) -> di
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
-def register_task(patch: str, report_dir: str, name: str, tracking_uri: str | None) -> dict:
+def register_task(patch: str, report_dir: str, name: str, tracking_uri: str | None, gates: str | None = None) -> dict:
     from registry.register import register_patch
     from registry.store import Store
 
-    return register_patch(patch, report_dir, name, Store.resolve(tracking_uri)).to_dict()
+    return register_patch(patch, report_dir, name, Store.resolve(tracking_uri), gates=gates).to_dict()
 
 
 def _run(task_fn, *args):
@@ -136,7 +136,7 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     result = {"passed": evaluated["passed"], "patch": erased["patch"], "report": evaluated["report_dir"],
               "concepts": erased["concepts"], "stages": stages, "registration": None}
     # a failed gate is logged too (a run with the report), it just gets no model version
-    registration = register_task(erased["patch"], evaluated["report_dir"], name, tracking_uri)
+    registration = register_task(erased["patch"], evaluated["report_dir"], name, tracking_uri, gates)
     result["registration"] = registration
     stages["register"] = "Completed"
     clock["register"] = time.perf_counter()
@@ -159,12 +159,19 @@ def local_defaults():
     """Settings for running flows from the CLI on a fresh machine, unless the user set them:
     time for the temporary server's first database migration (Prefect's 20 s is too short on
     2 cores), no analytics (no internet here), and an existing ``PREFECT_HOME`` (Prefect does not
-    create it, and its temporary server then waits out the timeout on "unable to open database")."""
+    create it, and its temporary server then waits out the timeout on "unable to open database").
+
+    With no API URL, the temporary server is :func:`flows.server.temporary_server`'s, which dies
+    with this process even when it is killed (Prefect's own is stopped only at a normal exit)."""
     from prefect.settings import (
+        PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        PREFECT_UI_URL,
         temporary_settings,
     )
+
+    from flows.server import temporary_server
 
     updates = {}
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
@@ -173,7 +180,12 @@ def local_defaults():
         updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
     with temporary_settings(updates=updates) as settings:
         Path(settings.home).expanduser().mkdir(parents=True, exist_ok=True)  # its SQLite db goes there
-        yield
+        if settings.api.url:
+            yield
+            return
+        with temporary_server(settings.server.ephemeral.startup_timeout_seconds) as url, \
+                temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):  # it has no UI
+            yield
 
 
 def on_dask(flow_fn, address: str | None):

@@ -23,6 +23,7 @@ patch that stands alone is what a reviewer can promote), which registers a new `
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,46 @@ from editflow.errors import EditflowError
 KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "eval", "schedule", "description", "out_dir",
         "finetune"}
 EVAL_KEYS = {"attack", "attack_steps", "attack_restarts", "preserve_images"}  # EvalJob fields a policy may set
+
+
+def check_name(name, source: str = "<inline>") -> str:
+    """``name`` if it is a registered-model name that is also safe as a folder name
+    (``$EDITFLOW_HOME/patches/<name>``: no path separators, not ``.`` or ``..``), else an EditflowError."""
+    from registry.names import check_name as check_registry_name
+
+    if not isinstance(name, str) or not name:
+        raise EditflowError(f"policy {source}: 'name' (the registered model name) is required")
+    try:
+        return check_registry_name(name, "name")
+    except EditflowError as exc:
+        raise EditflowError(f"policy {source}: {exc}") from None
+
+
+def check_schedule(schedule, source: str = "<inline>") -> str | None:
+    """``schedule`` if it is a cron string Prefect's scheduler accepts (or None), else an EditflowError."""
+    if schedule is None:
+        return None
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        if not isinstance(schedule, str):
+            raise ValueError
+        CronSchedule(cron=schedule)
+    except ValueError:  # pydantic's ValidationError is one
+        raise EditflowError(f"policy {source}: 'schedule' {schedule!r} is not a valid cron string "
+                            "(minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\")") from None
+    return schedule
+
+
+def check_gates(path: str, source: str = "<inline>") -> str:
+    """``path`` if it holds a valid gate file (parsed and checked as ``eval`` will), else an EditflowError."""
+    from editflow.evaluation.gates import Gates
+
+    try:
+        Gates.load(path)
+    except EditflowError as exc:
+        raise EditflowError(f"policy {source}: {str(exc).strip().splitlines()[0]}") from None
+    return path
 
 
 @dataclass
@@ -63,8 +104,8 @@ class Policy:
         unknown = set(data) - KEYS
         if unknown:
             raise EditflowError(f"policy {source}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(KEYS))}")
-        if not data.get("name") or not isinstance(data.get("name"), str):
-            raise EditflowError(f"policy {source}: 'name' (the registered model name) is required")
+        check_name(data.get("name"), source)
+        check_schedule(data.get("schedule"), source)
         raw = data.get("concepts") or []
         if not isinstance(raw, list) or not raw:
             raise EditflowError(f"policy {source}: 'concepts' must be a non-empty list")
@@ -97,8 +138,8 @@ class Policy:
             here = Path(source).resolve().parent
             gates = str(here / gates) if gates else None
             out_dir = str(here / out_dir) if out_dir else None
-            if gates and not Path(gates).is_file():
-                raise EditflowError(f"policy {source}: gates file not found: {gates}")
+        if gates:
+            check_gates(str(gates), source)
         finetune = data.get("finetune") or {}
         if isinstance(finetune, str):
             finetune = {"mode": finetune}
@@ -161,7 +202,8 @@ def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: st
     from registry.store import editflow_home
 
     out_dir = Path(policy.out_dir) if policy.out_dir else editflow_home() / "patches" / policy.name
-    out = out_dir / f"{policy.name}-{'-'.join(todo['erase'])}.safetensors"
+    slug = "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", c).strip(".") or "_" for c in todo["erase"])
+    out = out_dir / f"{policy.name}-{slug}.safetensors"  # concept words of a real base may hold '/'
     result = on_dask(erase_flow, dask_address)(asdict(policy.job(todo["erase"], cache_dir)), str(out), policy.name,
                                                policy.gates, policy.eval_images, tracking_uri,
                                                fan_out=bool(dask_address), eval_options=dict(policy.eval))
@@ -173,5 +215,10 @@ def deployment(policy_path: str):
     policy = Policy.load(policy_path)
     if not policy.schedule:
         raise EditflowError(f"policy {policy_path} has no 'schedule' (a cron string) to serve")
+    from prefect.deployments.runner import EntrypointType
+
+    # a module entrypoint (flows.policy.policy_flow), not a file path relative to the serving process's
+    # working directory: the served run imports the installed package from wherever it starts
     return policy_flow.to_deployment(name=f"policy-{policy.name}", cron=policy.schedule,
-                                     parameters={"policy_path": str(Path(policy_path).resolve())})
+                                     parameters={"policy_path": str(Path(policy_path).resolve())},
+                                     entrypoint_type=EntrypointType.MODULE_PATH)

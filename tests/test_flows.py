@@ -141,6 +141,10 @@ def test_plan_erases_the_union_when_the_champion_misses_a_concept(tmp_path, stor
     ({"name": "x", "concepts": ["star"], "eval": {"attack_stepz": 400}}, "'eval' takes attack, attack_restarts"),
     ({"name": "x", "concepts": ["star"], "eval": {"attack_steps": 0}}, "eval.attack_steps must be a whole number"),
     ({"name": "x", "concepts": ["star"], "eval": {"attack": "no"}}, "eval.attack must be true or false"),
+    ({"name": "../../escape", "concepts": ["star"]}, "name '../../escape' has character(s) '/'"),
+    ({"name": "..", "concepts": ["star"]}, "name '..' is not allowed"),
+    ({"name": "x", "concepts": ["star"], "schedule": "61 25 * * 9"}, "'schedule' '61 25 .* is not a valid cron"),
+    ({"name": "x", "concepts": ["star"], "gates": "no/such/gates.yaml"}, "gates file not found"),
 ])
 def test_bad_policies_are_refused(data, message):
     from editflow.errors import EditflowError
@@ -166,6 +170,7 @@ def test_policy_deployment_and_serve_cli(tmp_path, monkeypatch):
 
     dep = deployment(str(_policy(tmp_path)))
     assert dep.name == "policy-world-stars" and dep.parameters["policy_path"].endswith("policy.yaml")
+    assert dep.entrypoint == "flows.policy.policy_flow"  # importable from any working directory
     assert dep.schedules[0].schedule.cron == "0 3 * * *"
     from editflow.cli.app import load_extensions
 
