@@ -5,13 +5,15 @@ Plugged into the ``editflow`` app through the ``editflow.cli`` entry point.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from editflow.cli.common import cli_errors
+from editflow.cli.common import cli_errors as _cli_errors
+from editflow.errors import EditflowError
 
 app = typer.Typer(help="The MLflow registry of erasure patches: register, list, show, promote.",
                   no_args_is_help=True)
@@ -19,6 +21,22 @@ app = typer.Typer(help="The MLflow registry of erasure patches: register, list, 
 UriOpt = Annotated[str | None, typer.Option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
     help="MLflow tracking URI (default: SQLite store under $EDITFLOW_HOME, ~/.editflow).")]
+
+
+def cli_errors(fn):
+    """One line on stderr, exit 1, for editflow's errors and MLflow's too (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            text = str(exc.message if hasattr(exc, "message") else exc).strip()
+            raise EditflowError(f"registry: {text.splitlines()[0] if text else type(exc).__name__}") from None
+
+    return _cli_errors(wrapper)
 
 
 def register(root: typer.Typer) -> None:
@@ -31,16 +49,21 @@ def add(
     patch: Annotated[Path, typer.Option("--patch", help="Patch file (.safetensors).")],
     report: Annotated[Path, typer.Option("--report", help="Its `editflow eval` report folder.")],
     name: Annotated[str, typer.Option("--name", help="Registered model name.")],
+    gates: Annotated[Path | None, typer.Option(
+        "--gates", help="Gates the report's metrics must also pass here (default: the default gates).")] = None,
     tracking_uri: UriOpt = None,
 ):
     """Log an evaluated patch; if its gates passed, register it as a new version (alias: candidate).
+
+    The report must record this patch's hash (`editflow eval` writes it); its metrics are judged
+    again, with the gates it records and with `--gates`.
 
     Exit 3 when the gates failed (the run is logged, no version is made).
     """
     from registry.register import register_patch
     from registry.store import Store
 
-    reg = register_patch(patch, report, name, Store.resolve(tracking_uri))
+    reg = register_patch(patch, report, name, Store.resolve(tracking_uri), gates=gates)
     typer.echo(json.dumps(reg.to_dict(), indent=2))
     if not reg.passed:
         raise typer.Exit(3)

@@ -8,6 +8,12 @@ and returns uint8 images ``(N, H, W, 3)``; params ``seed`` (image i uses seed + 
 
     model = mlflow.pyfunc.load_model("models:/erase-star@champion")
     images = model.predict(["a red star"], params={"seed": 0})
+
+The logged model carries the ``editflow`` package as code (``code/editflow``: no caches or
+evaluator weights; the embedded pipeline's weights when the base is ``embedded``), so a fresh
+environment (``mlflow models serve`` / ``build-docker``) imports that copy; its requirements are
+the pinned third-party packages editflow needs (:func:`registry.register.serve_requirements`),
+never a package named "editflow" from an index.
 """
 
 from __future__ import annotations

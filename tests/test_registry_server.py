@@ -1,7 +1,9 @@
 """Many writers, one store: a real `mlflow server` process on 127.0.0.1 (SQLite behind it), eight
 registrations at once, eight consistent versions."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,12 +52,25 @@ def server(tmp_path_factory):
 
 
 
-def test_eight_concurrent_registrations_through_a_server(server, evaluated):
+def _reports(report, tmp_path, n):
+    """``n`` equally valid reports of the same patch (their bookkeeping differs, so their hashes do)."""
+    out = []
+    for i in range(n):
+        dst = tmp_path / f"report{i}"
+        shutil.copytree(report, dst)
+        data = json.loads((dst / "report.json").read_text())
+        (dst / "report.json").write_text(json.dumps({**data, "seconds": {"copy": i}}))
+        out.append(dst)
+    return out
+
+
+def test_eight_concurrent_registrations_through_a_server(server, evaluated, tmp_path):
     patch, report, _ = evaluated
     store = Store.resolve(server)
     assert store.artifact_root is None  # the server decides where artifacts go
+    reports = _reports(report, tmp_path, 8)
     with ThreadPoolExecutor(8) as pool:
-        regs = list(pool.map(lambda i: register_patch(patch, report, "erase-star", store), range(8)))
+        regs = list(pool.map(lambda r: register_patch(patch, r, "erase-star", store), reports))
     assert sorted(int(r.version) for r in regs) == list(range(1, 9))
     assert len({r.run_id for r in regs}) == 8
     client = store.client()
@@ -66,6 +81,20 @@ def test_eight_concurrent_registrations_through_a_server(server, evaluated):
         assert [a.path for a in client.list_artifacts(v.run_id, "patch")] == ["patch/star.safetensors"]
     # the candidate alias points at one of them
     assert int(client.get_model_version_by_alias("erase-star", "candidate").version) in range(1, 9)
+
+
+def test_the_same_registration_four_times_at_once_makes_one_version(server, evaluated):
+    """Duplicates racing each other converge: the later versions delete themselves, every caller gets
+    the first."""
+    patch, report, _ = evaluated
+    store = Store.resolve(server)
+    with ThreadPoolExecutor(4) as pool:
+        regs = list(pool.map(lambda _: register_patch(patch, report, "dup-star", store), range(4)))
+    versions = store.client().search_model_versions("name='dup-star'")
+    assert len(versions) == 1
+    assert {r.version for r in regs} == {str(versions[0].version)}
+    again = register_patch(patch, report, "dup-star", store)
+    assert again.existing and again.version == str(versions[0].version)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Gates: thresholds on evaluation metrics, per concept family, read from YAML.
 
-A gate file (``configs/gates/default.yaml``)::
+A gate file (the packaged default: ``editflow/evaluation/default_gates.yaml``, linked from
+``configs/gates/default.yaml`` in a checkout)::
 
     default:                       # applies to every family
       erasure_rate: {max: 0.05}
@@ -11,12 +12,15 @@ A gate file (``configs/gates/default.yaml``)::
 
 Each entry names a metric of :mod:`editflow.evaluation.evaluate` and a ``min`` and/or ``max``
 bound (inclusive). A gated metric that was not measured fails, with that as its reason: a gate
-never passes on missing evidence. ``null`` removes an inherited gate.
+never passes on missing evidence; nor does a value that is not a finite number. ``null`` removes
+an inherited gate. A :class:`GateReport` carries the gates it was judged with (``spec``), so a
+report can be judged again without the gate file (``editflow registry add`` does).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from editflow.configfile import read_yaml
@@ -29,12 +33,14 @@ METRICS = (
     "harmonic_score", "attack_success", "attack_baseline",
 )
 DEFAULT_GATES = Path("configs") / "gates" / "default.yaml"
+PACKAGED_GATES = Path(__file__).with_name("default_gates.yaml")  # ships in the wheel (package data)
 
 
 def default_gates_file() -> Path:
-    """``configs/gates/default.yaml`` in the working directory (a deployment's own), else the checkout's."""
+    """``configs/gates/default.yaml`` in the working directory (a deployment's own), else the one
+    inside the installed package (a checkout's ``configs/gates/default.yaml`` links to it)."""
     here = Path.cwd() / DEFAULT_GATES
-    return here if here.is_file() else Path(__file__).resolve().parents[2] / DEFAULT_GATES
+    return here if here.is_file() else PACKAGED_GATES
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,9 @@ class Bound:
     metric: str
     min: float | None = None
     max: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
 
     def describe(self) -> str:
         if self.min is not None and self.max is not None:
@@ -66,6 +75,7 @@ class GateReport:
     family: str
     source: str
     checks: list[Check]
+    spec: dict | None = field(default=None, repr=False)  # the gates judged with (Gates.to_dict())
 
     @property
     def passed(self) -> bool:
@@ -75,8 +85,20 @@ class GateReport:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "family": self.family, "source": self.source,
-                "checks": [c.to_dict() for c in self.checks]}
+        out = {"passed": self.passed, "family": self.family, "source": self.source,
+               "checks": [c.to_dict() for c in self.checks]}
+        if self.spec is not None:
+            out["spec"] = self.spec
+        return out
+
+
+def _finite(value) -> bool:
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _bounds(section, where: str) -> dict[str, Bound | None]:
@@ -129,6 +151,13 @@ class Gates:
         path = Path(path) if path is not None else default_gates_file()
         return cls.from_dict(read_yaml(path, "gates"), str(path))
 
+    def to_dict(self) -> dict:
+        """The gates as data; ``Gates.from_dict(g.to_dict())`` judges exactly as ``g`` does."""
+        def section(bounds: dict[str, Bound | None]) -> dict:
+            return {m: None if b is None else b.to_dict() for m, b in bounds.items()}
+
+        return {"default": section(self.default), "families": {f: section(b) for f, b in self.families.items()}}
+
     def bounds(self, family: str) -> list[Bound]:
         merged = {**self.default, **self.families.get(family, {})}
         return [b for b in merged.values() if b is not None]
@@ -141,6 +170,9 @@ class Gates:
                 why = (absent or {}).get(b.metric, "not measured by this evaluation")
                 checks.append(Check(b.metric, None, b.describe(), False, f"no value: {why}"))
                 continue
+            if not _finite(value):  # NaN compares False with both bounds: it would pass them
+                checks.append(Check(b.metric, None, b.describe(), False, f"{value!r} is not a finite number"))
+                continue
             low = b.min is not None and value < b.min
             high = b.max is not None and value > b.max
             if low or high:
@@ -149,4 +181,4 @@ class Gates:
             else:
                 reason = f"{value:.4g} is within {b.describe()}"
             checks.append(Check(b.metric, value, b.describe(), not (low or high), reason))
-        return GateReport(family, self.source, checks)
+        return GateReport(family, self.source, checks, self.to_dict())

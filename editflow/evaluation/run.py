@@ -106,11 +106,12 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
     from editflow.evaluation.gates import Gates
     from editflow.evaluation.generation import ImageCache
     from editflow.evaluation.prompts import world_prompt_set
-    from editflow.evaluation.report import write_report
+    from editflow.evaluation.report import sha256_file, write_report
     from editflow.models.pipeline import GenerationConfig, load_pipeline
     from editflow.world import DEFAULT_WORLD
 
     patch, concept, model, family, images = job.patch, job.concepts, job.model, job.family, job.images
+    patch_sha256 = sha256_file(patch) if patch is not None and Path(patch).is_file() else None
     p = Patch.load(patch) if patch is not None else None
     names = _concepts(p, concept)
     if not names:
@@ -176,7 +177,7 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
     report = gate_spec.judge(result.metrics, family, result.absent)
     out = Path(job.out) if job.out else (Path(patch).with_name(Path(patch).stem + "-eval") if patch is not None
                                          else Path("eval-" + "-".join(names)))
-    context = {"patch": str(patch) if patch else None, "method": meta.get("method"), "concepts": names,
-               "model": model or "embedded", "family": family, "detector": detector.name}
+    context = {"patch": str(patch) if patch else None, "patch_sha256": patch_sha256, "method": meta.get("method"),
+               "concepts": names, "model": model or "embedded", "family": family, "detector": detector.name}
     path = write_report(result, report, out, context)
     return EvalOutcome(path, report, result)
