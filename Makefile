@@ -41,7 +41,7 @@ lint: setup
 	$(BIN)/ruff check editflow tests flows registry bench
 
 world-train: setup
-	$(BIN)/editflow world train
+	$(BIN)/editflow world train --out editflow/assets/embedded
 
 world-check: setup
 	$(BIN)/editflow world check

@@ -16,6 +16,8 @@ def read_yaml(path: str | Path, what: str):
     if not path.is_file():
         raise EditflowError(f"{what} file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise EditflowError(f"{what}: {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise EditflowError(f"{what}: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None

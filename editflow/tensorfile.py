@@ -14,11 +14,26 @@ from editflow.errors import EditflowError
 
 
 def write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` to ``path`` through ``<path>.tmp``; a failure removes the temporary file and
+    is one :class:`EditflowError` (the previous file, if any, is left as it was)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise EditflowError(f"cannot write {path}: it is a folder")
+    if path.exists() and not path.is_file():
+        raise EditflowError(f"cannot write {path}: it exists and is not a regular file")
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        tmp.replace(path)
+    except Exception as exc:  # OSError, or safetensors' own error type for I/O
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        text = str(exc).strip()
+        msg = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+        raise EditflowError(f"cannot write {path}: {msg}") from None
     return path
 
 

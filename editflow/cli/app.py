@@ -1,7 +1,9 @@
 """The ``editflow`` command line.
 
-Errors are one line on stderr: exit 1 for a runtime failure (missing model, bad file), exit 2
-for bad usage (Typer's own checks), exit 3 when a check or gate finds a number outside its bound.
+Errors are one line ``error: ...`` on stderr: exit 1 for a runtime failure (missing model, bad
+file, unwritable output), exit 2 for bad usage (Typer's own checks, reported by
+:class:`~editflow.cli.common.EditflowGroup`), exit 3 when a check or gate finds a number outside
+its bound. Output paths are checked before any work; sizes have generous bounds.
 Progress bars go to stderr; results to stdout.
 """
 
@@ -14,12 +16,26 @@ from typing import Annotated
 import typer
 
 from editflow.cli import edit, evaluate, invert, world
-from editflow.cli.common import ModelOpt, bar, cli_errors, quiet_libraries
+from editflow.cli.common import (
+    MAX_IMAGES,
+    MAX_SAMPLER_STEPS,
+    MAX_SCALE,
+    MAX_SEED,
+    EditflowGroup,
+    ModelOpt,
+    bar,
+    check_out,
+    cli_errors,
+    finite,
+    quiet_libraries,
+    save_image,
+)
 from editflow.errors import EditflowError
 from editflow.plugins import is_model_uri, resolve_model_uri
 
 app = typer.Typer(
     name="editflow",
+    cls=EditflowGroup,
     help="Erase concepts from text-to-image diffusion models, prove it, ship the patch.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -41,16 +57,18 @@ invert.register(app)
 @cli_errors
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the image grid (PNG).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the image grid (PNG, JPEG, ...).")],
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Diffusers folder, hub id (local cache only) or registered patch "
                               "(models:/NAME@ALIAS). Default: the embedded model.")] = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
-    steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 25,
-    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 5.0,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_IMAGES, help="Number of images.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED,
+                                      help="Seed of the first image; image i uses seed + i.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_SAMPLER_STEPS, help="Sampler steps.")] = 25,
+    guidance: Annotated[float, typer.Option(min=0.0, callback=finite,
+                                            help="Classifier-free guidance scale.")] = 5.0,
     cols: Annotated[int, typer.Option(min=1, help="Grid columns.")] = 8,
-    scale: Annotated[int, typer.Option(min=1, help="Upscale factor of the grid (nearest).")] = 1,
+    scale: Annotated[int, typer.Option(min=1, max=MAX_SCALE, help="Upscale factor of the grid (nearest).")] = 1,
     allow_download: Annotated[bool, typer.Option(help="Let a hub id be fetched from the hub.")] = False,
 ):
     """Generate a seeded grid of images for one prompt."""
@@ -59,6 +77,7 @@ def generate(
 
     if not prompt.strip():
         raise EditflowError("empty prompt")
+    check_out(out, kind="image")
     patch = None
     if is_model_uri(model):  # a registered patch: its base, with the patch applied
         from editflow.edits import Patch
@@ -72,8 +91,7 @@ def generate(
     images = run(pipe, [prompt] * n, [seed + i for i in range(n)],
                  GenerationConfig(steps=steps, guidance=guidance), progress=b.update)
     b.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, min(cols, n), scale).save(out)
+    save_image(make_grid(images, min(cols, n), scale), out)
     typer.echo(str(out))
 
 

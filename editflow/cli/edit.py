@@ -9,7 +9,19 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli.common import ModelOpt, bar, cli_errors, err
+from editflow.cli.common import (
+    MAX_IMAGES,
+    MAX_SCALE,
+    MAX_SEED,
+    MAX_TRAIN_STEPS,
+    ModelOpt,
+    bar,
+    check_out,
+    cli_errors,
+    err,
+    finite,
+    save_image,
+)
 from editflow.errors import EditflowError
 
 
@@ -44,6 +56,12 @@ class Fmt(str, Enum):
     kohya = "kohya"
 
 
+class Mode(str, Enum):
+    auto = "auto"
+    merge = "merge"
+    gated = "gated"
+
+
 def _read_concepts(concepts: list[str], concepts_file: Path | None) -> list[str]:
     words = list(concepts)
     if concepts_file is not None:
@@ -53,6 +71,12 @@ def _read_concepts(concepts: list[str], concepts_file: Path | None) -> list[str]
                   if ln.strip() and not ln.lstrip().startswith("#")]
     if not words:
         raise EditflowError("name at least one concept (--concept or --concepts-file)")
+    seen: dict[str, str] = {}
+    for w in words:
+        key = " ".join(w.split()).casefold()
+        if key in seen:
+            raise EditflowError(f"concept {w!r} is named twice (as {seen[key]!r} too); name each concept once")
+        seen[key] = w
     return words
 
 
@@ -78,14 +102,18 @@ def erase(
     synonyms: Annotated[bool, typer.Option(help="Also erase the world's synonyms of each concept.")] = True,
     token_policy: Annotated[Policy, typer.Option(
         help="Token positions that stand for the concept.")] = Policy.through_pad,
-    lam: Annotated[float, typer.Option(min=1e-9, help="λ: weight of staying close to the original weights.")] = 0.5,
-    preserve_scale: Annotated[float, typer.Option(min=0.0, help="s_p: weight of the preserved concepts.")] = 1.0,
+    lam: Annotated[float, typer.Option(
+        min=1e-9, callback=finite, help="λ: weight of staying close to the original weights.")] = 0.5,
+    preserve_scale: Annotated[float, typer.Option(
+        min=0.0, callback=finite, help="s_p: weight of the preserved concepts.")] = 1.0,
     target: Annotated[Target, typer.Option(help="ACE neutral target.")] = Target.anchor,
     gated: Annotated[bool, typer.Option(help="ACE: apply the edit through the concept gate.")] = True,
     guidance: Annotated[float, typer.Option(
-        min=0.0, help="ACE η: push targets past the neutral point, away from the concept (0 = align).")] = 1.0,
+        min=0.0, callback=finite,
+        help="ACE η: push targets past the neutral point, away from the concept (0 = align).")] = 1.0,
     rank_energy: Annotated[float, typer.Option(
-        min=1e-6, max=1.0, help="ACE: keep the fewest edit directions holding this share of energy.")] = 0.999,
+        min=1e-6, max=1.0, callback=finite,
+        help="ACE: keep the fewest edit directions holding this share of energy.")] = 0.999,
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="EDITFLOW_CACHE", help="Where preserve statistics are cached per base model "
                                       "(default: ~/.cache/editflow).")] = None,
@@ -96,11 +124,11 @@ def erase(
                              "detection. The default for --model (real models need `editflow eval` with a judge).")
     ] = False,
     check: Annotated[bool, typer.Option(help="--patch-only: print before/after detection (embedded model).")] = True,
-    check_images: Annotated[int, typer.Option(min=1, help="Images per concept for --check.")] = 12,
+    check_images: Annotated[int, typer.Option(min=1, max=MAX_IMAGES, help="Images per concept for --check.")] = 12,
     register: Annotated[str | None, typer.Option(
         help="Registered model name for the flow (default: erase-<concepts>).")] = None,
     gates: Annotated[Path | None, typer.Option(help="Flow: gate thresholds (YAML).")] = None,
-    eval_images: Annotated[int, typer.Option(min=2, help="Flow: images per erased concept.")] = 24,
+    eval_images: Annotated[int, typer.Option(min=2, max=MAX_IMAGES, help="Flow: images per erased concept.")] = 24,
     dask_address: Annotated[str | None, typer.Option(
         help="Flow: spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
     finetune: Annotated[Finetune, typer.Option(
@@ -111,19 +139,20 @@ def erase(
                                    "style; minutes per concept), none.")
     ] = Finetune.none,
     steps: Annotated[int | None, typer.Option(
-        min=0, help="Gradient steps: of --finetune fmn/adv on the patch's factors (default 50), of --finetune "
-                    "minmax's defender (default 900), or of --method esd-x/esd-u's training (default 200).")] = None,
-    rounds: Annotated[int, typer.Option(min=0, help="--finetune adv: adversarial search rounds.")] = 6,
-    seed: Annotated[int, typer.Option(help="Seed of the fine-tuning and inversion.")] = 0,
+        min=0, max=MAX_TRAIN_STEPS,
+        help="Gradient steps: of --finetune fmn/adv on the patch's factors (default 50), of --finetune "
+             "minmax's defender (default 900), or of --method esd-x/esd-u's training (default 200).")] = None,
+    rounds: Annotated[int, typer.Option(min=0, max=1_000, help="--finetune adv: adversarial search rounds.")] = 6,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the fine-tuning and inversion.")] = 0,
     images: Annotated[Path | None, typer.Option(
         help="Folder with images of the concept: inverted into a token that joins the concept's words. "
              "Without --concept, the concept is that token alone (name it with --token).")] = None,
     token: Annotated[str | None, typer.Option(
         help="Name of the token learned from --images (default <CONCEPT-images>).")] = None,
     attack_steps: Annotated[int, typer.Option(
-        min=1, help="Flow: gradient steps of the evaluation's concept-inversion attack.")] = 150,
+        min=1, max=MAX_TRAIN_STEPS, help="Flow: gradient steps of the evaluation's concept-inversion attack.")] = 150,
     attack_restarts: Annotated[int, typer.Option(
-        min=1, help="Flow: attack tries per concept; the best one counts.")] = 3,
+        min=1, max=100, help="Flow: attack tries per concept; the best one counts.")] = 3,
 ):
     """Erase concepts and ship the patch: the flow erase -> evaluate -> gates -> register (Prefect, MLflow).
 
@@ -138,8 +167,14 @@ def erase(
     token from pictures of the concept (textual inversion) and erases it with the concept's words.
     """
     from editflow.edits.erase import EraseJob, build_request, finetune_config, method_config, prompt_count, run_erase
+    from editflow.inversion.tokens import check_token_name
     from editflow.models.pipeline import load_pipeline
 
+    check_out(out)
+    if not patch_only and model is None:  # the flow writes its report next to the patch
+        check_out(out.with_name(out.stem + "-eval"), "--out (report folder)", kind="dir")
+    if token is not None:
+        check_token_name(token, "--token")
     if images is not None and not concept and not concepts_file:
         if not token:
             raise EditflowError("--images without --concept needs --token to name the concept (e.g. '<mine>')")
@@ -234,23 +269,27 @@ def apply_patch(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt to generate with the patched model.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Grid to write: original row, then patched row.")],
     model: ModelOpt = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="Images per row.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the first image.")] = 0,
-    mode: Annotated[str, typer.Option(help="auto, merge or gated.")] = "auto",
-    scale: Annotated[int, typer.Option(min=1, help="Upscale factor of the grid (nearest).")] = 1,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_IMAGES, help="Images per row.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the first image.")] = 0,
+    mode: Annotated[Mode, typer.Option(
+        case_sensitive=False, help="auto (gated if the patch has a gate), merge or gated.")] = Mode.auto,
+    scale: Annotated[int, typer.Option(min=1, max=MAX_SCALE, help="Upscale factor of the grid (nearest).")] = 1,
 ):
     """Apply a patch to a model and write original vs patched images (same seeds)."""
     from editflow.edits import Patch
     from editflow.models.pipeline import generate, load_pipeline, make_grid
 
+    if not prompt.strip():
+        raise EditflowError("empty prompt")
+    check_out(out, kind="image")
     p = Patch.load(patch)
     pipe = load_pipeline(model)
     seeds = [seed + i for i in range(n)]
+    p.check(pipe.unet, mode.value)  # a patch that does not fit this model fails before anything is drawn
     before = generate(pipe, [prompt] * n, seeds)
-    with p.apply(pipe, mode=mode):
+    with p.apply(pipe, mode=mode.value):
         after = generate(pipe, [prompt] * n, seeds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(before + after, n, scale).save(out)
+    save_image(make_grid(before + after, n, scale), out)
     typer.echo(str(out))
 
 
@@ -264,6 +303,7 @@ def export(
     from editflow.edits import Patch
     from editflow.edits.export import export_lora
 
+    check_out(out, kind="file" if fmt is Fmt.kohya or out.suffix == ".safetensors" else "dir")
     p = Patch.load(patch)
     if p.gate is not None:
         err.print("note: the gate has no LoRA form; exporting the ungated edit", highlight=False)

@@ -8,13 +8,35 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli.common import ModelOpt, bar, cli_errors, err
+from editflow.cli.common import (
+    MAX_IMAGES,
+    MAX_SAMPLER_STEPS,
+    MAX_TRAIN_STEPS,
+    ModelOpt,
+    bar,
+    check_out,
+    cli_errors,
+    err,
+    finite,
+)
+from editflow.errors import EditflowError
 
 GATE_FAILED = 3
 
 
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate_cmd)
+
+
+def _check_family(family: str, gates: Path | None) -> None:
+    """Refuse a family nothing knows: neither the world's, nor a detector's (nudity), nor a section of
+    the gate file (which would judge it with the default gates alone)."""
+    from editflow.evaluation.gates import Gates
+    from editflow.world import FAMILIES
+
+    valid = dict.fromkeys([*FAMILIES, "nudity", *Gates.load(gates).families])
+    if family not in valid:
+        raise EditflowError(f"unknown --family {family!r}; valid: {', '.join(valid)}")
 
 
 @cli_errors
@@ -30,11 +52,13 @@ def evaluate_cmd(
         "--out", "-o", help="Report folder (report.json, report.md, grids) (default: <patch>-eval/).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON on stdout.")] = False,
     images: Annotated[int, typer.Option(
-        min=2, help="Images per erased concept (target prompts); neighbours get a quarter, distant concepts "
-                    "a sixth, leakage kinds a share.")] = 24,
+        min=2, max=MAX_IMAGES,
+        help="Images per erased concept (target prompts); neighbours get a quarter, distant concepts "
+             "a sixth, leakage kinds a share.")] = 24,
     preserve_images: Annotated[int | None, typer.Option(
-        min=1, help="Images per preserved concept (default: a quarter of --images for same-family neighbours, a "
-                    "sixth for other families). 16 or more resolves a 2 % specificity loss.")] = None,
+        min=1, max=MAX_IMAGES,
+        help="Images per preserved concept (default: a quarter of --images for same-family neighbours, a "
+             "sixth for other families). 16 or more resolves a 2 % specificity loss.")] = None,
     family: Annotated[str | None, typer.Option(
         help="Concept family for the gates (object, style, identity, nudity, ...). Default: the world's.")] = None,
     prompts: Annotated[Path | None, typer.Option(
@@ -44,8 +68,8 @@ def evaluate_cmd(
         help="Real models: CSV with 'prompt' and 'concept' columns of concepts to keep.")] = None,
     evaluator: Annotated[str | None, typer.Option(
         help="open_clip judge: a local folder or NAME:WEIGHTS. Default: the embedded evaluator.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 25,
-    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 5.0,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_SAMPLER_STEPS, help="Sampler steps.")] = 25,
+    guidance: Annotated[float, typer.Option(min=0.0, callback=finite, help="Classifier-free guidance scale.")] = 5.0,
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="EDITFLOW_CACHE", help="Cache of original-model images (default: ~/.cache/editflow).")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse/cache the original model's images.")] = True,
@@ -53,9 +77,10 @@ def evaluate_cmd(
         help="Run the concept-inversion attack (Pham et al. 2023): learn a token for each erased concept against "
              "the patched model from the original's images; reports attack_success and memorization_score.")
     ] = True,
-    attack_steps: Annotated[int, typer.Option(min=1, help="Gradient steps of the inversion attack.")] = 150,
+    attack_steps: Annotated[int, typer.Option(
+        min=1, max=MAX_TRAIN_STEPS, help="Gradient steps of the inversion attack.")] = 150,
     attack_restarts: Annotated[int, typer.Option(
-        min=1, help="Attack tries per concept (new seed and start each); the best one counts.")] = 3,
+        min=1, max=100, help="Attack tries per concept (new seed and start each); the best one counts.")] = 3,
 ):
     """Evaluate an erasure: erasure rate, leakage, specificity, CLIP score, drift; judge the gates.
 
@@ -63,6 +88,12 @@ def evaluate_cmd(
     """
     from editflow.evaluation.run import EvalJob, run_eval
 
+    if family is not None:
+        _check_family(family, gates)
+    if out is not None:
+        check_out(out, kind="dir")
+    elif patch is not None:  # the default report folder
+        check_out(patch.with_name(patch.stem + "-eval"), "report folder", kind="dir")
     job = EvalJob(str(patch) if patch else None, list(concept), model, str(gates) if gates else None,
                   str(out) if out else None, images, family, str(prompts) if prompts else None,
                   str(leakage_prompts) if leakage_prompts else None,

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli.common import ModelOpt, bar, cli_errors
+from editflow.cli.common import (
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_TRAIN_STEPS,
+    ModelOpt,
+    bar,
+    check_out,
+    cli_errors,
+    finite,
+    save_image,
+)
 from editflow.errors import EditflowError
 
 
@@ -25,13 +35,14 @@ def invert_cmd(
     images: Annotated[Path | None, typer.Option(help="Folder with a few images of the concept.")] = None,
     prompt: Annotated[str | None, typer.Option(
         help="Instead of --images: let the model draw the concept from this prompt.")] = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="Images drawn for --prompt.")] = 16,
-    steps: Annotated[int, typer.Option(min=1, help="Gradient steps.")] = 200,
-    lr: Annotated[float, typer.Option(min=1e-9, help="Learning rate of the embedding.")] = 0.02,
-    vectors: Annotated[int, typer.Option(min=1, help="Embedding vectors behind the token.")] = 1,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_IMAGES, help="Images drawn for --prompt.")] = 16,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_TRAIN_STEPS, help="Gradient steps.")] = 200,
+    lr: Annotated[float, typer.Option(min=1e-9, callback=finite, help="Learning rate of the embedding.")] = 0.02,
+    vectors: Annotated[int, typer.Option(min=1, max=64, help="Embedding vectors behind the token.")] = 1,
     init_word: Annotated[str | None, typer.Option(
         help="Start from this word's embedding (default: the vocabulary's mean embedding).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the images drawn for --prompt and of the training.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_SEED, help="Seed of the images drawn for --prompt and of the training.")] = 0,
     patch: Annotated[Path | None, typer.Option(
         help="Invert against this patch applied (the attack on an erased model).")] = None,
     preview: Annotated[Path | None, typer.Option(
@@ -45,10 +56,16 @@ def invert_cmd(
     """
     from editflow.edits import Patch
     from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
+    from editflow.inversion.tokens import check_token_name
     from editflow.models.pipeline import generate, load_pipeline, make_grid
 
+    check_token_name(token, "--token")
     if (images is None) == (prompt is None):
         raise EditflowError("give the concept as --images DIR or as --prompt TEXT (one of them)")
+    if prompt is not None and not prompt.strip():
+        raise EditflowError("empty prompt")
+    check_out(out)
+    check_out(preview, "--preview", kind="image")
     pipe = load_pipeline(model)
     p = Patch.load(patch) if patch is not None else None
     if images is not None:
@@ -70,8 +87,7 @@ def invert_cmd(
     if preview is not None:
         with learned_tokens(pipe, tok), (p.apply(pipe) if p is not None else nullcontext()):
             drawn = generate(pipe, [f"a picture of a {token}"] * 8, list(range(8)))
-        preview.parent.mkdir(parents=True, exist_ok=True)
-        make_grid(drawn, 8, 4).save(preview)
+        save_image(make_grid(drawn, 8, 4), preview)
         summary["preview"] = str(preview)
     typer.echo(json.dumps(summary, indent=2))
 

@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli.common import ModelOpt, bar, cli_errors
+from editflow.cli.common import (
+    MAX_IMAGES,
+    MAX_SAMPLER_STEPS,
+    MAX_SCALE,
+    MAX_SEED,
+    MAX_TRAIN_STEPS,
+    ModelOpt,
+    bar,
+    check_out,
+    cli_errors,
+    finite,
+    save_image,
+)
 from editflow.errors import EditflowError
 
 app = typer.Typer(help="The embedded world: render it, train its model, check its fidelity.", no_args_is_help=True)
@@ -18,17 +30,17 @@ app = typer.Typer(help="The embedded world: render it, train its model, check it
 @cli_errors
 def world_render(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 32,
-    seed: Annotated[int, typer.Option(help="Scene seed.")] = 0,
-    scale: Annotated[int, typer.Option(min=1, help="Upscale factor (nearest).")] = 4,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_IMAGES, help="Number of scenes.")] = 32,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Scene seed.")] = 0,
+    scale: Annotated[int, typer.Option(min=1, max=MAX_SCALE, help="Upscale factor (nearest).")] = 4,
 ):
     """Render random world scenes and print their captions (ground truth for the generator)."""
     from editflow.models.pipeline import make_grid
     from editflow.world import DEFAULT_WORLD, render, sample_batch
 
+    check_out(out, kind="image")
     batch = sample_batch(DEFAULT_WORLD, n, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid([render(s, DEFAULT_WORLD) for s in batch.scenes], min(8, n), scale).save(out)
+    save_image(make_grid([render(s, DEFAULT_WORLD) for s in batch.scenes], min(8, n), scale), out)
     for c in batch.captions:
         typer.echo(c)
 
@@ -38,25 +50,36 @@ def world_render(
 def world_train(
     config: Annotated[Path, typer.Option(help="Training recipe (YAML).")] = Path("configs/world/embedded.yaml"),
     work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches (resumable).")] = Path(".work/embedded"),
-    out: Annotated[Path, typer.Option(help="Where the trained pipeline and evaluator go.")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Where the trained pipeline/ and evaluator/ go (a folder). To make them the embedded "
+                            "model, copy both into editflow/assets/embedded/ of a source checkout (or pass "
+                            "--out editflow/assets/embedded there); or use --model OUT/pipeline.")
+    ] = Path("embedded-model"),
     until: Annotated[str, typer.Option(
         help="Last stage: tokenizer, text_encoder, vae, evaluator, unet, export.")] = "export",
     unet_max_steps: Annotated[int | None, typer.Option(
-        help="Stop the UNet stage after this many steps (a re-run resumes).")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
+        min=1, max=MAX_TRAIN_STEPS, help="Stop the UNet stage after this many steps (a re-run resumes).")] = None,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="torch CPU threads.")] = 2,
 ):
-    """Train the embedded model and evaluator, seeded and resumable (re-run to continue)."""
+    """Train the embedded model and evaluator, seeded and resumable (re-run to continue).
+
+    Checkpoints in --work-dir hold tensors and plain values only (loaded weights-only: a file
+    that needs unpickling of code is refused).
+    """
     import torch
 
-    from editflow.models.pipeline import embedded_dir
-    from editflow.training.embedded import train_embedded
+    from editflow.training.embedded import STAGES, train_embedded
     from editflow.training.recipe import Recipe
     from editflow.world import DEFAULT_WORLD
 
     if not config.is_file():
         raise EditflowError(f"recipe not found: {config}")
+    if until not in STAGES:
+        raise EditflowError(f"--until {until!r}: unknown stage; valid: {', '.join(STAGES)}")
+    check_out(work_dir, "--work-dir", kind="dir")
+    check_out(out, kind="dir")
     torch.set_num_threads(threads)
-    timings = train_embedded(DEFAULT_WORLD, Recipe.from_yaml(config), work_dir, out or embedded_dir(),
+    timings = train_embedded(DEFAULT_WORLD, Recipe.from_yaml(config), work_dir, out,
                              until=until, unet_max_steps=unet_max_steps)
     typer.echo(json.dumps({"seconds": timings}))
 
@@ -66,10 +89,12 @@ def world_train(
 def world_check(
     model: ModelOpt = None,
     evaluator: Annotated[Path | None, typer.Option(help="open_clip evaluator folder. Default: embedded.")] = None,
-    per_class: Annotated[int, typer.Option(min=1, help="Generated images per prompted class.")] = 12,
-    eval_per_class: Annotated[int, typer.Option(min=1, help="Rendered images per class for the evaluator.")] = 60,
-    steps: Annotated[int, typer.Option(min=1)] = 25,
-    guidance: Annotated[float, typer.Option(min=0.0)] = 5.0,
+    per_class: Annotated[int, typer.Option(
+        min=1, max=MAX_IMAGES, help="Generated images per prompted class.")] = 12,
+    eval_per_class: Annotated[int, typer.Option(
+        min=1, max=MAX_IMAGES, help="Rendered images per class for the evaluator.")] = 60,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_SAMPLER_STEPS, help="Sampler steps.")] = 25,
+    guidance: Annotated[float, typer.Option(min=0.0, callback=finite, help="Classifier-free guidance scale.")] = 5.0,
     skip_generator: Annotated[bool, typer.Option(help="Only measure the evaluator.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ):

@@ -10,12 +10,17 @@ Apply modes:
   ``g(c) ΔW c`` to keys and values, where ``g`` opens only for text features in the concept
   subspace (see :mod:`editflow.edits.gate`).
 Both are undone exactly by :meth:`AppliedPatch.revert` (or by leaving the ``with`` block).
+
+A file is checked when loaded (its schema: header keys, tensor names, 2-D floating factors of
+matching ranks, every value finite) and again against the model it is applied to (target layers
+present, factor shapes equal to the weights'), so a foreign or damaged file is one clear error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,21 +76,55 @@ class Patch:
 
     @classmethod
     def load(cls, path: str | Path) -> Patch:
+        """Read and check a patch file: every problem is an :class:`EditflowError` naming the file."""
         tensors, meta = tensorfile.read(path, "patch")
         if meta.get("format") != FORMAT:
             raise EditflowError(f"{path} is not an editflow patch (format {meta.get('format')!r})")
+        metadata = _json_header(path, meta, "metadata", required=True)
+        gate_params = _json_header(path, meta, "gate", required=False)
+        stray = sorted(k for k in tensors if k != "down" and not k.startswith(("up.", "down.", "gate.", "token.")))
+        if stray:
+            raise EditflowError(f"{path}: unexpected tensors {stray[:3]} in a patch")
+        for k, v in tensors.items():
+            if not v.is_floating_point():
+                raise EditflowError(f"{path}: tensor {k} is {v.dtype}, not floating point")
+            if not torch.isfinite(v).all():
+                raise EditflowError(f"{path}: tensor {k} holds NaN or Inf values; refusing the patch")
         up = {k[3:]: v for k, v in tensors.items() if k.startswith("up.")}
+        per_layer = {k[5:]: v for k, v in tensors.items() if k.startswith("down.")}
+        down = tensors.get("down")
+        if down is not None and per_layer:
+            raise EditflowError(f"{path}: holds both a shared 'down' and per-layer 'down.*' tensors")
+        if down is None:
+            if not per_layer:
+                raise EditflowError(f"{path}: no 'down' tensor (a patch holds up.* and down factors)")
+            if set(per_layer) != set(up):
+                odd = sorted(set(per_layer) ^ set(up))
+                raise EditflowError(f"{path}: up.* and down.* name different layers: {odd[:3]}")
+            down = per_layer
+        if not up:
+            raise EditflowError(f"{path}: no up.* tensors (a patch holds one per edited layer)")
+        edit = LowRankEdit(up=up, down=down)
+        for name, u in up.items():
+            d = edit.down_for(name)
+            if u.ndim != 2 or d.ndim != 2 or u.shape[1] != d.shape[0]:
+                raise EditflowError(f"{path}: factors of {name} have shapes {tuple(u.shape)} and {tuple(d.shape)}; "
+                                    "want (out, r) and (r, in)")
+        gate_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}
         gate = None
-        if "gate" in meta:
-            gate = Gate.from_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")},
-                                     json.loads(meta["gate"]))
+        if gate_params is not None:
+            gate = _gate(path, gate_tensors, gate_params, edit)
+        elif gate_tensors:
+            raise EditflowError(f"{path}: gate tensors without the header's 'gate' parameters")
         from editflow.inversion.tokens import LearnedTokens
 
-        tokens = [LearnedTokens(k[6:], v) for k, v in tensors.items() if k.startswith("token.")]
-        down = tensors.get("down")
-        if down is None:
-            down = {k[5:]: v for k, v in tensors.items() if k.startswith("down.")}
-        return cls(LowRankEdit(up=up, down=down), gate, json.loads(meta["metadata"]), tokens)
+        tokens = []
+        for k, v in tensors.items():
+            if k.startswith("token."):
+                if v.ndim != 2:
+                    raise EditflowError(f"{path}: token embedding {k} has shape {tuple(v.shape)}; want (vectors, dim)")
+                tokens.append(LearnedTokens(k[6:], v))
+        return cls(edit, gate, metadata, tokens)
 
     # -- application ------------------------------------------------------------------------
     def check_base(self, unet: torch.nn.Module) -> None:
@@ -95,8 +134,7 @@ class Patch:
             raise EditflowError(f"patch was made for base {self.metadata.get('base_model', '?')} "
                                 f"(hash {want[:12]}), this model's hash is {have[:12]}")
 
-    def apply(self, pipe, mode: str = "auto") -> AppliedPatch:
-        """Apply to ``pipe.unet``; ``mode`` is ``merge``, ``gated`` or ``auto`` (gated if the patch has a gate)."""
+    def _mode(self, mode: str) -> str:
         if mode == "auto":
             mode = "gated" if self.gate is not None else "merge"
         if mode not in ("merge", "gated"):
@@ -105,13 +143,33 @@ class Patch:
             raise EditflowError("this patch has no gate; apply it with mode 'merge'")
         if mode == "gated" and not self.edit.shared:
             raise EditflowError("a per-layer (LoRA) patch applies in mode 'merge'")
-        unet = pipe.unet
+        return mode
+
+    def check(self, unet: torch.nn.Module, mode: str = "auto") -> dict[str, torch.nn.Module]:
+        """Refuse a patch that does not fit ``unet`` (base hash, target layers, factor and gate shapes)
+        before anything is changed; returns the target modules by name."""
+        mode = self._mode(mode)
         self.check_base(unet)
         modules = self.targets.find(unet)
         missing = set(self.edit.up) - set(modules)
         if missing:
             raise EditflowError(f"patch targets {sorted(missing)[:3]} are not in this model")
-        return AppliedPatch(self, unet, modules, mode)
+        for name, up in self.edit.up.items():
+            w = modules[name].weight
+            shape = (up.shape[0], self.edit.down_for(name).shape[1])
+            if tuple(w.shape) != shape:
+                raise EditflowError(f"patch edits {name} as {shape[0]}x{shape[1]}; this model's weight is "
+                                    f"{w.shape[0]}x{w.shape[1]} (a patch for another model?)")
+            if mode == "gated" and self.gate.basis.shape[0] != w.shape[1]:
+                raise EditflowError(f"the patch's gate reads {self.gate.basis.shape[0]}-d text features; {name} "
+                                    f"reads {w.shape[1]}-d (a patch for another model?)")
+        return modules
+
+    def apply(self, pipe, mode: str = "auto") -> AppliedPatch:
+        """Apply to ``pipe.unet``; ``mode`` is ``merge``, ``gated`` or ``auto`` (gated if the patch has a gate)."""
+        mode = self._mode(mode)
+        modules = self.check(pipe.unet, mode)
+        return AppliedPatch(self, pipe.unet, modules, mode)
 
 
 class AppliedPatch:
@@ -154,3 +212,35 @@ class AppliedPatch:
 
     def __exit__(self, *exc) -> None:
         self.revert()
+
+
+def _json_header(path, meta: dict[str, str], key: str, required: bool):
+    if key not in meta:
+        if required:
+            raise EditflowError(f"{path} is not a complete editflow patch: its header has no {key!r}")
+        return None
+    try:
+        value = json.loads(meta[key])
+    except ValueError:
+        raise EditflowError(f"{path}: the header's {key!r} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise EditflowError(f"{path}: the header's {key!r} must be a JSON object")
+    return value
+
+
+def _gate(path, tensors: dict[str, torch.Tensor], params: dict, edit: LowRankEdit) -> Gate:
+    basis = tensors.get("basis")
+    if basis is None or set(tensors) != {"basis"}:
+        raise EditflowError(f"{path}: a gated patch holds one gate tensor, 'gate.basis' (found "
+                            f"{sorted('gate.' + k for k in tensors)[:3]})")
+    if basis.ndim != 2 or (edit.shared and basis.shape[0] != edit.down.shape[1]):
+        raise EditflowError(f"{path}: gate.basis has shape {tuple(basis.shape)}; want (in, g) with in = "
+                            f"{edit.down.shape[1] if edit.shared else 'the layers input size'}")
+    try:
+        tau, temperature = float(params["tau"]), float(params["temperature"])
+    except (KeyError, TypeError, ValueError):
+        raise EditflowError(f"{path}: the gate needs numeric 'tau' and 'temperature' (got {params})") from None
+    if not (math.isfinite(tau) and math.isfinite(temperature) and temperature > 0):
+        raise EditflowError(f"{path}: gate tau {tau} and temperature {temperature} must be finite, "
+                            "temperature > 0")
+    return Gate(basis, tau, temperature)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from editflow.edits.conditioning import TokenPolicy
@@ -28,6 +29,11 @@ class ConceptSpec:
     def __post_init__(self):
         if not self.name.strip():
             raise ValueError("a concept needs a non-empty name")
+        for w in (self.name, *self.aliases, self.anchor):
+            try:
+                w.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"concept word {ascii(w)} is not valid UTF-8 text") from None
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -58,6 +64,9 @@ class EraseRequest:
 
     def __post_init__(self):
         self.token_policy = TokenPolicy(self.token_policy)
+        twice = [n for n, k in Counter(" ".join(c.name.split()).casefold() for c in self.concepts).items() if k > 1]
+        if twice:
+            raise ValueError(f"concepts named more than once (case-insensitively): {twice[:3]}")
         self.prompts = {w: tuple(ts) for w, ts in self.prompts.items()}
         self.neighbours = {w: tuple(ts) for w, ts in self.neighbours.items()}
         self.scenes = {w: tuple(ts) for w, ts in self.scenes.items()}

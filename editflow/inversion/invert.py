@@ -19,7 +19,7 @@ from PIL import Image
 
 from editflow.edits.request import DEFAULT_TEMPLATES
 from editflow.errors import EditflowError
-from editflow.inversion.tokens import LearnedTokens, trainable_token
+from editflow.inversion.tokens import LearnedTokens, check_token_name, trainable_token
 from editflow.models import diffusion as D
 
 
@@ -61,6 +61,7 @@ def invert(pipe, images: list[Image.Image], token: str, config: InversionConfig 
            progress=None) -> LearnedTokens:
     """Learn ``token`` from ``images`` (a few of one concept); ``progress(n, loss)`` after each step."""
     config = config or InversionConfig()
+    check_token_name(token)
     D.check_trainable(pipe)
     if not images:
         raise EditflowError("inversion needs at least one image")

@@ -21,6 +21,20 @@ from editflow.errors import EditflowError
 FORMAT = "editflow-tokens/1"
 
 
+def check_token_name(token: str, what: str = "token") -> str:
+    """Refuse a token name that cannot stand for one new vocabulary entry: empty, holding
+    whitespace (the tokenizer would split it) or undecodable bytes."""
+    if not isinstance(token, str) or not token.strip():
+        raise EditflowError(f"{what} {token!r}: a learned token needs a name, e.g. '<my-concept>'")
+    if any(ch.isspace() for ch in token):
+        raise EditflowError(f"{what} {token!r}: a token is one word; use '-' or '_' instead of spaces")
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EditflowError(f"{what} {ascii(token)} is not valid UTF-8 text") from None
+    return token
+
+
 @dataclass
 class LearnedTokens:
     token: str  # e.g. "<star>"; multi-vector tokens expand to "<star> <star>_1 ..." as in diffusers
@@ -28,6 +42,9 @@ class LearnedTokens:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_token_name(self.token)
+        if not self.vectors.is_floating_point():
+            raise EditflowError(f"the embedding of {self.token} is {self.vectors.dtype}, not floating point")
         if self.vectors.ndim != 2:
             raise ValueError(f"token embeddings must be (vectors, dim), got {tuple(self.vectors.shape)}")
         if not torch.isfinite(self.vectors).all():
@@ -48,7 +65,13 @@ class LearnedTokens:
             raise EditflowError(f"{path} holds {len(keys)} tensors; a textual-inversion file holds one token")
         token = keys[0]
         vec = tensors[token]
-        return cls(token, vec if vec.ndim == 2 else vec[None], json.loads(meta.get("metadata", "{}")))
+        try:
+            metadata = json.loads(meta.get("metadata", "{}"))
+        except ValueError:
+            raise EditflowError(f"{path}: the header's 'metadata' is not valid JSON") from None
+        if vec.ndim not in (1, 2) or not isinstance(metadata, dict):
+            raise EditflowError(f"{path}: not a textual-inversion embedding (tensor {tuple(vec.shape)})")
+        return cls(token, vec if vec.ndim == 2 else vec[None], metadata)
 
 
 def _check_free(pipe, token: str) -> None:

@@ -8,6 +8,7 @@ serves it serves real SD 1.x/2.x/SDXL checkpoints too.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,19 @@ def generate(pipe: DiffusionPipeline, prompts: list[str], seeds: list[int],
     an image depends only on its prompt and seed, not on the batch it was drawn in."""
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
+    if any(not isinstance(p, str) for p in prompts):
+        raise EditflowError("prompts must be text")
     if any(not p.strip() for p in prompts):
         raise EditflowError("empty prompt")
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: undecodable bytes kept from argv or a file name
+            raise EditflowError(f"prompt {ascii(p)} is not valid UTF-8 text") from None
     config = config or GenerationConfig()
+    if config.steps < 1 or config.batch < 1 or not math.isfinite(config.guidance):
+        raise EditflowError(f"sampler settings out of range: steps {config.steps}, batch {config.batch}, "
+                            f"guidance {config.guidance}")
     out: list[Image.Image] = []
     for i in range(0, len(prompts), config.batch):
         chunk, chunk_seeds = prompts[i:i + config.batch], seeds[i:i + config.batch]

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from editflow.errors import EditflowError
+
 
 def progress(total: int, desc: str, initial: int = 0, disable: bool | None = None):
     """A tqdm bar on stderr; silent when ``EDITFLOW_QUIET`` is set."""
@@ -39,8 +41,10 @@ def set_lr(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int, wa
 
 
 class Checkpoint:
-    """A resumable training state stored as one ``torch.save`` file (own files, never loaded
-    from elsewhere): module and optimizer states, step count and RNG states.
+    """A resumable training state stored as one ``torch.save`` file: module and optimizer states,
+    step count and RNG states, as tensors and plain values only (the Python RNG state is a tuple of
+    ints), so it loads with ``torch.load(weights_only=True)``: a planted or foreign file that needs
+    arbitrary unpickling is refused with an :class:`EditflowError`, never run.
 
     Writes go to a temporary file that is renamed into place, so a crash mid-write leaves the
     previous checkpoint intact.
@@ -54,20 +58,48 @@ class Checkpoint:
 
     def save(self, step: int, rng: random.Random, gen: torch.Generator, **states) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        version, internal, gauss = rng.getstate()
         payload = {
-            "step": step,
-            "py_rng": rng.getstate(),
+            "step": int(step),
+            "py_rng": [int(version), torch.tensor(internal, dtype=torch.int64),
+                       None if gauss is None else float(gauss)],
             "torch_gen": gen.get_state(),
             "states": {k: v.state_dict() for k, v in states.items()},
         }
         tmp = self.path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.path)
+        try:
+            torch.save(payload, tmp)
+            tmp.replace(self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def read(self) -> dict:
+        """The saved payload, loaded weights-only; anything else is one :class:`EditflowError`."""
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # UnpicklingError for code or foreign classes, others for a file that is not torch's
+            raise EditflowError(f"{self.path} is not a checkpoint editflow wrote (it does not load weights-only; "
+                                "refused, nothing in it was run): delete it to start that stage afresh") from None
+        if not (isinstance(payload, dict) and {"step", "py_rng", "torch_gen", "states"} <= set(payload)):
+            raise EditflowError(f"{self.path} is not a checkpoint editflow wrote (unexpected content); "
+                                "delete it to start that stage afresh")
+        return payload
+
+    def step(self) -> int:
+        return int(self.read()["step"])
 
     def load(self, rng: random.Random, gen: torch.Generator, **states) -> int:
-        payload = torch.load(self.path, map_location="cpu", weights_only=False)
-        for k, v in states.items():
-            v.load_state_dict(payload["states"][k])
-        rng.setstate(payload["py_rng"])
-        gen.set_state(payload["torch_gen"])
+        payload = self.read()
+        try:
+            for k, v in states.items():
+                v.load_state_dict(payload["states"][k])
+            version, internal, gauss = payload["py_rng"]
+            internal = internal.tolist() if torch.is_tensor(internal) else internal  # older files: a tuple
+            rng.setstate((int(version), tuple(int(x) for x in internal), gauss))
+            gen.set_state(payload["torch_gen"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EditflowError(f"{self.path} does not fit this training run ({first}); delete it to start "
+                                "that stage afresh") from None
         return int(payload["step"])
