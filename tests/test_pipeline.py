@@ -11,14 +11,21 @@ from editflow.models.pipeline import GenerationConfig, describe, embedded_dir, g
 FAST = GenerationConfig(steps=4, guidance=5.0)
 
 
-def test_loads_as_plain_diffusers_pipelines():
+@pytest.mark.parametrize("cls", [DiffusionPipeline, StableDiffusionPipeline])
+def test_loads_and_generates_as_the_docs_show(cls, embedded_pipe):
+    """docs/embedded-model.md: ``from_pretrained(dir, safety_checker=None, feature_extractor=None)``,
+    nothing else; the text encoder must come up in the UNet's dtype, and the images equal editflow's."""
     path = embedded_dir() / "pipeline"
-    pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None,
-                                             feature_extractor=None, requires_safety_checker=False)
+    pipe = cls.from_pretrained(path, safety_checker=None, feature_extractor=None)
     assert isinstance(pipe, StableDiffusionPipeline)
-    sd = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None,
-                                                 feature_extractor=None, requires_safety_checker=False)
-    assert sd.unet.config.cross_attention_dim == sd.text_encoder.config.hidden_size
+    assert pipe.text_encoder.dtype == pipe.unet.dtype == pipe.vae.dtype == torch.float32
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red star", num_inference_steps=4, guidance_scale=5.0,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all() and out.std() > 0.02
+    ours = generate(embedded_pipe, ["a red star"], [0], FAST)[0]
+    assert np.abs(np.asarray(ours, np.float32) / 255 - out[0]).max() < 1 / 255 + 1e-4
 
 
 def test_cross_attention_layers_like_stable_diffusion(embedded_pipe):

@@ -42,6 +42,10 @@ def test_tiny_training_end_to_end(tmp_path, world):
     assert torch.load(work / "unet.ckpt", weights_only=False)["step"] == 2
     train_embedded(world, tiny_recipe(), work, out)  # resumes
     pipe = load_pipeline(out / "pipeline")
+    from diffusers import DiffusionPipeline  # as the docs load it: the text encoder in float32 too
+
+    plain = DiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None, feature_extractor=None)
+    assert plain.text_encoder.dtype == plain.unet.dtype == torch.float32
     img = generate(pipe, ["a red star"], [0], GenerationConfig(steps=2))[0]
     assert img.size == (32, 32)
     judge = Evaluator.from_dir(out / "evaluator")

@@ -64,8 +64,8 @@ from contextlib import ExitStack
 import torch
 from PIL import Image
 
-from editflow.edits.closed_form import LowRankEdit
-from editflow.edits.esd.method import esd_target, linear_deltas
+from editflow.edits.esd.method import esd_target
+from editflow.edits.lora import peft_lora
 from editflow.edits.patch import Patch
 from editflow.edits.request import ConceptSpec
 from editflow.errors import EditflowError
@@ -77,31 +77,19 @@ from editflow.models import diffusion as D
 F = torch.nn.functional
 
 
-class PatchLoRA(torch.nn.Module):
-    """A patch's fixed factors plus a trainable rank-``rank`` LoRA per target projection."""
-
-    def __init__(self, patch: Patch, modules: dict[str, torch.nn.Linear], rank: int, seed: int = 0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.names = sorted(modules)
-        self.fixed_up = {n: patch.edit.up[n].float() for n in self.names}
-        self.fixed_down = {n: patch.edit.down_for(n).float() for n in self.names}
-        self.up = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(modules[n].out_features, rank))
-                                          for n in self.names])
-        self.down = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.randn(rank, modules[n].in_features, generator=gen) / modules[n].in_features**0.5)
-             for n in self.names])
-
-    def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(up, down) per layer: the patch's columns/rows first, then the LoRA's."""
-        up = {n: torch.cat([self.fixed_up[n], u], 1) for n, u in zip(self.names, self.up)}
-        down = {n: torch.cat([self.fixed_down[n], d], 0) for n, d in zip(self.names, self.down)}
-        return up, down
-
-    def edit(self) -> LowRankEdit:
-        up, down = self.factors()
-        return LowRankEdit({n: u.detach().clone() for n, u in up.items()},
-                           {n: d.detach().clone() for n, d in down.items()})
+def start_factors(patch: Patch, modules: dict[str, torch.nn.Linear], rank: int, seed: int = 0
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """(up, down, fixed) per layer: the patch's columns/rows first (held fixed), then a new rank-``rank``
+    LoRA (``up`` zero, ``down`` Gaussian with variance ``1/d``)."""
+    gen = torch.Generator().manual_seed(seed)
+    up, down, fixed = {}, {}, {}
+    for n in sorted(modules):
+        u, d = patch.edit.up[n].float(), patch.edit.down_for(n).float()
+        up[n] = torch.cat([u, torch.zeros(modules[n].out_features, rank)], 1)
+        down[n] = torch.cat([d, torch.randn(rank, modules[n].in_features, generator=gen)
+                             / modules[n].in_features ** 0.5], 0)
+        fixed[n] = u.shape[1]
+    return up, down, fixed
 
 
 def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dict[str, list[Image.Image]],
@@ -123,10 +111,7 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     gen = torch.Generator().manual_seed(config.seed)
     sched = pipe.scheduler
     modules = patch.targets.find(pipe.unet)
-    lora = PatchLoRA(patch, modules, config.lora_rank, config.seed)
-    opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
-    lr_at = torch.optim.lr_scheduler.CosineAnnealingLR(  # reaches lr_final at the last step
-        opt, T_max=max(1, config.minmax_steps - 1), eta_min=config.lr_final * config.minmax_lr)
+    up0, down0, fixed = start_factors(patch, modules, config.lora_rank, config.seed)
     x_concept = {c.name: D.to_latents(pipe, images[c.name]) for c in concepts}
     x_keep = D.to_latents(pipe, [img for _, img in preserve]) if preserve else None
     keep_prompts = [p for p, _ in preserve]
@@ -139,13 +124,13 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
         t = D.sample_timesteps(sched, len(idx), gen)
         return x0, noise, t, D.add_noise(sched, x0, noise, t)
 
-    def keep_error(kidx: list[int], up: dict, down: dict) -> torch.Tensor:
+    def keep_error(kidx: list[int]) -> torch.Tensor:
         """Per-image squared error of the patched prediction on noised preserved images against the base's."""
         _, _, tk, xk_t = noised(x_keep, kidx)
         with torch.no_grad():
             fk = D.text_features(pipe, [keep_prompts[i] for i in kidx])
             goal = D.unet_output(pipe, xk_t, tk, fk)
-        with linear_deltas(modules, up, down):
+        with lora.active():
             out = D.unet_output(pipe, xk_t, tk, fk)
         return (out - goal).square().mean(dim=tuple(range(1, out.ndim)))
 
@@ -173,12 +158,16 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     restarts = {c.name: 0 for c in concepts}
     history: list[dict] = []
     with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)), ExitStack() as stack:
+        lora = stack.enter_context(peft_lora(pipe.unet, up0, down0, fixed))
+        opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
+        lr_at = torch.optim.lr_scheduler.CosineAnnealingLR(  # reaches lr_final at the last step
+            opt, T_max=max(1, config.minmax_steps - 1), eta_min=config.lr_final * config.minmax_lr)
         attacker = {c.name: [stack.enter_context(trainable_token(pipe, tokens[c.name][k], start(c, k)))
                              for k in range(K)] for c in concepts}
         attacker_opt = {n: [torch.optim.Adam([v], lr=config.attack_lr) for v in vs] for n, vs in attacker.items()}
         if x_keep is not None and config.preserve_focus:  # one pass over the preserved images to start from
             with torch.no_grad():
-                keep_err = torch.cat([keep_error(list(range(i, min(i + B, len(x_keep)))), *lora.factors())
+                keep_err = torch.cat([keep_error(list(range(i, min(i + B, len(x_keep)))))
                                       for i in range(0, len(x_keep), B)])
         for step in range(config.minmax_steps):
             concept = concepts[step % len(concepts)]
@@ -193,14 +182,11 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                     attacker_opt[name][k] = torch.optim.Adam([v], lr=config.attack_lr)
             turn = done % K  # the attackers take turns; the defender answers all of them
             v, tok = attacker[name][turn], tokens[name][turn]
-            up, down = lora.factors()
-            frozen_up = {n: u.detach() for n, u in up.items()}
-            frozen_down = {n: d.detach() for n, d in down.items()}
             x_all = x_concept[name]
             for _ in range(config.attacker_steps):  # the attacker: textual inversion against the patch
                 x0, noise, t, x_t = noised(x_all, [rng.randrange(len(x_all)) for _ in range(B)])
                 prompts = [rng.choice(templates).format(tok) for _ in range(B)]
-                with linear_deltas(modules, frozen_up, frozen_down):
+                with lora.active(trainable=False):
                     attack = F.mse_loss(D.unet_output(pipe, x_t, t, D.text_features(pipe, prompts)),
                                         D.target(sched, x0, noise, t))
                 attacker_opt[name][turn].zero_grad(set_to_none=True)
@@ -221,14 +207,13 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                 if config.scene_words and contexts.get(name):  # the word also in the ways people say it
                     said = [rng.choice(contexts[name]) if rng.random() < config.scene_words else s for s in chosen]
                     words, said_goal = guided(concept, x_t, t, said)
-            up, down = lora.factors()
-            with linear_deltas(modules, up, down):
+            with lora.active():
                 adversarial = sum(F.mse_loss(D.unet_output(pipe, x_t, t, f), goal) for f in adv) / len(adv)
                 word = F.mse_loss(D.unet_output(pipe, x_t, t, words), said_goal)
             keep = torch.zeros(())
             if x_keep is not None:
                 kidx = keep_batch()
-                per_image = keep_error(kidx, up, down)
+                per_image = keep_error(kidx)
                 keep = per_image.mean()
                 if keep_err is not None:
                     keep_err[kidx] = 0.5 * keep_err[kidx] + 0.5 * per_image.detach()
@@ -241,8 +226,9 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
             lr_at.step()
             if progress is not None:
                 progress(1, history[-1])
+        edit = lora.edit()
     k = max(1, len(history) // 5)
     facts = {key: {"first": sum(h[key] for h in history[:k]) / k, "last": sum(h[key] for h in history[-k:]) / k}
              for key in history[0]} if history else {}
     facts["attacker_restarts"] = sum(restarts.values())
-    return Patch(lora.edit(), None, dict(patch.metadata)), facts
+    return Patch(edit, None, dict(patch.metadata)), facts

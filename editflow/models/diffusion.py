@@ -2,14 +2,16 @@
 
 Everything follows the pipeline's own scheduler config (``prediction_type`` epsilon, v_prediction
 or sample; ``alphas_cumprod``), so the same code trains the embedded v-prediction model and SD 1.x
-epsilon models. With ``x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε`` (DDPM, Ho et al. 2020, eq. 4) and
-``v = √ᾱ_t ε - √(1-ᾱ_t) x0`` (Salimans & Ho 2022, §4).
+epsilon models. The forward process is diffusers' ``DDPMScheduler`` built from that config
+(``add_noise``: ``x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε``, Ho et al. 2020, eq. 4; ``get_velocity``:
+``v = √ᾱ_t ε - √(1-ᾱ_t) x0``, Salimans & Ho 2022, §4).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
 
 from editflow.errors import EditflowError
@@ -56,9 +58,18 @@ def prediction_type(scheduler) -> str:
     return kind
 
 
+def noise_scheduler(scheduler) -> DDPMScheduler:
+    """The training view (DDPM) of a pipeline's sampling scheduler: the same betas, ``alphas_cumprod``
+    and prediction type, with the forward-process methods that sampling schedulers lack or define
+    on their own sigmas (DPM-Solver's ``add_noise`` needs ``set_timesteps``)."""
+    return scheduler if isinstance(scheduler, DDPMScheduler) else DDPMScheduler.from_config(scheduler.config)
+
+
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    a, s = _ab(scheduler, t, x0)
-    return a * x0 + s * noise
+    # diffusers casts ᾱ to the samples' dtype before the square roots; in bfloat16 ᾱ_t near 1
+    # rounds to 1 and the noise vanishes at small t, so the forward process runs in float32
+    x_t = noise_scheduler(scheduler).add_noise(x0.float(), noise.float(), t.to(x0.device))
+    return x_t.to(x0.dtype)
 
 
 def target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -68,8 +79,7 @@ def target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) ->
         return noise
     if kind == "sample":
         return x0
-    a, s = _ab(scheduler, t, x0)
-    return a * noise - s * x0
+    return noise_scheduler(scheduler).get_velocity(x0.float(), noise.float(), t.to(x0.device)).to(x0.dtype)
 
 
 def predicted_x0(scheduler, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

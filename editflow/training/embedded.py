@@ -28,6 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from editflow.models import components as C
 from editflow.models.tokenizer import save_tokenizer
 from editflow.training import generator as G
+from editflow.training.common import Checkpoint
 from editflow.training.recipe import Recipe
 from editflow.world import WorldSpec
 
@@ -54,6 +55,8 @@ def train_embedded(spec: WorldSpec, recipe: Recipe, work_dir: str | Path, out_di
     last = STAGES.index(until)
     work, out = Path(work_dir), Path(out_dir)
     work.mkdir(parents=True, exist_ok=True)
+    for ckpt in sorted(work.glob("*.ckpt")):  # weights-only: refuse a planted or foreign file before any stage
+        Checkpoint(ckpt).read()
     arch = recipe.architecture
     timings: dict[str, float] = {}
     torch.manual_seed(recipe.seed)
@@ -129,6 +132,7 @@ def train_embedded(spec: WorldSpec, recipe: Recipe, work_dir: str | Path, out_di
     tmp = out / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp)
+    _load_as_float32(tmp / "text_encoder" / "config.json")
     shutil.rmtree(out / "pipeline", ignore_errors=True)
     tmp.rename(out / "pipeline")
     shutil.rmtree(out / "evaluator", ignore_errors=True)
@@ -137,6 +141,15 @@ def train_embedded(spec: WorldSpec, recipe: Recipe, work_dir: str | Path, out_di
     return timings
 
 
+def _load_as_float32(config: Path) -> None:
+    """Stored in float16, loaded in float32 as diffusers loads the UNet and VAE: transformers
+    follows a config's ``dtype``, so a float16 entry gives a half text encoder beside a float32
+    UNet in a plain ``DiffusionPipeline.from_pretrained(folder)`` (dtype mismatch at the first image)."""
+    data = json.loads(config.read_text())
+    data["dtype"] = "float32"
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _unet_step(work: Path) -> int:
-    return int(torch.load(work / "unet.ckpt", map_location="cpu", weights_only=False)["step"])
+    return Checkpoint(work / "unet.ckpt").step()
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from editflow.training.common import Checkpoint, progress, set_lr, track
@@ -147,9 +147,9 @@ def encode_latents(images: np.ndarray, vae: AutoencoderKL) -> torch.Tensor:
 
 
 def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights for v-prediction: min(SNR, gamma) / (SNR + 1) (Hang et al. 2023)."""
-    ac = scheduler.alphas_cumprod.to(t.device)[t]
-    snr = ac / (1 - ac)
+    """Min-SNR-gamma weights (Hang et al. 2023): min(SNR, gamma) / (SNR + 1) for v-prediction,
+    min(SNR, gamma) / SNR for epsilon; SNR from diffusers' ``compute_snr``."""
+    snr = compute_snr(scheduler, t)
     w = torch.clamp(snr, max=gamma)
     return w / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else w / snr
 

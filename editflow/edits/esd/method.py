@@ -17,13 +17,12 @@ the base frozen (merge mode):
   ``ΔW_l = up_l @ I``, applied through editflow's attention processor;
 * ``esd-u`` the layers that do not read the text (the paper: all non-cross-attention weights;
   editflow: a rank-``lora_rank`` LoRA on every self-attention projection ``attn1.to_q/k/v/out``),
-  applied through forward hooks on those Linear layers.
+  trained as a peft LoRA adapter (:mod:`editflow.edits.lora`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -32,6 +31,7 @@ from editflow.edits.attention import attention_processors, delta_processors
 from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.esd.config import ESDConfig
 from editflow.edits.gate import layer_delta
+from editflow.edits.lora import peft_lora
 from editflow.edits.patch import Patch
 from editflow.edits.request import EraseRequest, erase_pairs, preserve_pairs
 from editflow.edits.targets import TargetSpec
@@ -65,19 +65,6 @@ def trajectories(pipe, prompts: list[str], seeds: list[int], steps: int) -> list
 ESD_U_PATTERNS = ("*attn1.to_q", "*attn1.to_k", "*attn1.to_v", "*attn1.to_out.0")
 
 
-@contextmanager
-def linear_deltas(modules: dict[str, torch.nn.Linear], up: dict[str, torch.Tensor], down: dict[str, torch.Tensor]
-                  ) -> Iterator[None]:
-    """``y = W x + b + up (down x)`` on each module for the ``with`` block (forward hooks, removed after)."""
-    handles = [m.register_forward_hook(lambda mod, args, out, n=n: out + (args[0] @ down[n].T) @ up[n].T)
-               for n, m in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 class ESD:
     """The ESD fine-tuning baselines as edit methods (``editflow erase --method esd-x|esd-u``)."""
 
@@ -88,21 +75,26 @@ class ESD:
             raise ValueError(f"unknown ESD variant {name!r}")
         self.name = name
 
+    @contextmanager
     def _factors(self, unet, modules: dict[str, torch.nn.Linear], config: ESDConfig, gen: torch.Generator):
-        """(up, down, installer): trainable factors and a context manager putting them in effect."""
+        """(parameters, switch, edit) of the trainable patch: ``with switch():`` puts it in effect,
+        ``edit()`` returns it. ESD-x: a full-rank delta through editflow's attention processors;
+        ESD-u: a peft LoRA (:mod:`editflow.edits.lora`)."""
         names = sorted(modules)
         if self.name == "esd-x":
             d = modules[names[0]].in_features
             eye = torch.eye(d)
             up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, d)) for n in names}
-
             make = delta_processors(lambda name: layer_delta(name, up, eye))
-            return up, eye, lambda: attention_processors(unet, make)
+            yield (list(up.values()), lambda: attention_processors(unet, make),
+                   lambda: LowRankEdit({n: u.detach().clone() for n, u in up.items()}, eye.clone()))
+            return
         r = config.lora_rank
-        up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, r)) for n in names}
-        down = {n: torch.nn.Parameter(torch.randn(r, modules[n].in_features, generator=gen)
-                                      / modules[n].in_features ** 0.5) for n in names}
-        return up, down, lambda: linear_deltas(modules, up, down)
+        up = {n: torch.zeros(modules[n].out_features, r) for n in names}
+        down = {n: torch.randn(r, modules[n].in_features, generator=gen) / modules[n].in_features ** 0.5
+                for n in names}
+        with peft_lora(unet, up, down) as lora:
+            yield lora.parameters(), lora.active, lora.edit
 
     def compute(self, pipe, request: EraseRequest, config: ESDConfig, targets: TargetSpec | None = None,
                 cache=None, progress=None) -> Patch:
@@ -117,10 +109,9 @@ class ESD:
         picks = [prompts[i % len(prompts)] for i in rng.sample(range(max(len(prompts), config.trajectories)),
                                                                config.trajectories)]
         pool = trajectories(pipe, picks, [config.seed * 7907 + i for i in range(len(picks))], config.sample_steps)
-        up, down, in_effect = self._factors(pipe.unet, modules, config, gen)
-        params = list(up.values()) + (list(down.values()) if isinstance(down, dict) else [])
-        opt = torch.optim.Adam(params, lr=config.esd_lr)
-        with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)):
+        with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)), \
+                self._factors(pipe.unet, modules, config, gen) as (params, in_effect, trained):
+            opt = torch.optim.Adam(params, lr=config.esd_lr)
             with torch.no_grad():
                 empty = D.text_features(pipe, [""])
             for _ in range(config.esd_steps):
@@ -147,9 +138,7 @@ class ESD:
                 opt.step()
                 if progress is not None:
                     progress(1)
-        edit = LowRankEdit({n: u.detach().clone() for n, u in up.items()},
-                           {n: v.detach().clone() for n, v in down.items()} if isinstance(down, dict)
-                           else down.clone())
+            edit = trained()
         return Patch(edit, None, metadata(pipe, request, self.name, config, targets,
                                           {"rank": edit.rank, "gated": False, "loss_last": loss.item(),
                                            "targets_read_text": targets.reads_text}))
