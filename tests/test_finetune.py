@@ -12,7 +12,7 @@ from editflow.edits.esd import ESDConfig, esd_target
 from editflow.finetune import FinetuneConfig, finetune
 from editflow.finetune.fmn import TrainableFactors, concept_mask
 from editflow.models import diffusion as D
-from tests.tiny import tiny_sd_pipeline
+from tests.tiny import pipeline_state, star_request, tiny_sd_pipeline
 
 
 @pytest.fixture()
@@ -20,13 +20,8 @@ def pipe(tmp_path, world):
     return tiny_sd_pipeline(tmp_path, world)
 
 
-def _request():
-    return EraseRequest([ConceptSpec("star", ("pentagram",), anchor="shape")], preserve=["circle", "heart"])
-
-
-def _state(pipe):
-    return {f"{n}.{k}": v.clone() for n in ("unet", "text_encoder", "vae")
-            for k, v in getattr(pipe, n).state_dict().items()}
+_request = star_request
+_state = pipeline_state
 
 
 def _types(unet):

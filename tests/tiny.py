@@ -28,3 +28,16 @@ def tiny_sd_pipeline(tmp_dir, world, dim: int = 16, seed: int = 0) -> StableDiff
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def star_request():
+    """Erase star (word and synonym, anchor "shape"), keep circle and heart: the tiny tests' request."""
+    from editflow.edits import ConceptSpec, EraseRequest
+
+    return EraseRequest([ConceptSpec("star", ("pentagram",), anchor="shape")], preserve=["circle", "heart"])
+
+
+def pipeline_state(pipe) -> dict[str, torch.Tensor]:
+    """Copies of every weight of the pipeline's UNet, text encoder and VAE (to check nothing moved)."""
+    return {f"{n}.{k}": v.clone() for n in ("unet", "text_encoder", "vae")
+            for k, v in getattr(pipe, n).state_dict().items()}

@@ -13,6 +13,11 @@ reaches into cross-attention (``attn2``), so the attention arithmetic lives in o
 Without capture or suppression it calls ``F.scaled_dot_product_attention`` like diffusers'
 ``AttnProcessor2_0``. Processors are set with ``unet.set_attn_processor`` inside a context
 manager (:func:`attention_processors`) that puts the previous ones back on exit, also on error.
+
+In a float16/bfloat16 model the projections run in the model's dtype; a delta comes back in the
+hidden states' dtype (:class:`~editflow.edits.gate.LowRankDelta` computes it in float32), and
+when probabilities are captured or masked the softmax runs in float32, so the maps a loss reads
+are float32 (in float32 models nothing changes).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class CrossAttnProcessor:
     """Cross-attention with an optional K/V delta, probability capture and token suppression.
 
     ``probe`` receives ``(name, probs)`` with ``probs`` of shape (batch, heads, queries, tokens),
-    differentiable; ``suppress`` is a (rows, tokens) bool mask of positions nobody attends to,
+    float32, differentiable; ``suppress`` is a (rows, tokens) bool mask of positions nobody attends to,
     where ``rows`` is the batch or its conditional half (a classifier-free-guided batch is
     ``[uncond, cond]``: the unconditional half is left alone).
     """
@@ -98,7 +103,7 @@ class CrossAttnProcessor:
             blocked = self._mask(batch_size, key.shape[-2], scores.device)
             if blocked is not None:
                 scores = scores.masked_fill(blocked, float("-inf"))
-            probs = scores.softmax(-1)
+            probs = scores.float().softmax(-1)
             if self.probe is not None:
                 self.probe(self.name, probs)
             hidden_states = probs.to(value.dtype) @ value
@@ -181,9 +186,10 @@ def suppress_tokens(unet, mask: torch.Tensor) -> Iterator[None]:
 def token_attention(maps: list[tuple[str, torch.Tensor]], mask: torch.Tensor) -> torch.Tensor:
     """FMN's attention re-steering loss (§3.2): ``Σ_layers ‖A[..., concept tokens]‖²``, the
     squared attention probabilities on the positions in ``mask`` (batch, tokens), averaged over
-    batch, heads and queries per layer and summed over layers."""
+    batch, heads and queries per layer and summed over layers (float32)."""
     total = 0.0
     for _, probs in maps:
+        probs = probs.float()
         m = mask.to(probs.device, probs.dtype)[:, None, None, :]
         total = total + (probs.pow(2) * m).sum(-1).mean()
     return total if torch.is_tensor(total) else torch.zeros(())

@@ -18,6 +18,12 @@ where ``E = Σ c_i c_iᵀ`` and ``P = Σ c_j c_jᵀ``. This is ACE's nullificati
 * factors ``N = D A⁻¹ = U S Vᵀ`` once, keeping the non-zero rank ``r`` (or, with ``energy < 1``,
   the fewest directions holding that share of ``‖N‖_F²``: ACE's low-rank truncation);
 * gives every layer ``ΔW_l = up_l @ down`` with ``up_l = s_e W_l U S`` and a shared ``down = Vᵀ``.
+
+Precision: the text features come in whatever dtype the model runs in (float32, float16,
+bfloat16); the statistics, the solve and the SVD are float64, on the device the features are on
+when it has float64 (not Apple's MPS: :func:`solve_device` puts those on the CPU), and the
+factors come back float32 on the CPU, whatever the model's dtype and device. With a model loaded
+in reduced precision, ``W_l`` are its rounded weights: the edit of the model that runs.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ from dataclasses import dataclass
 import torch
 
 from editflow.edits.solve import solve_right
+
+
+def solve_device(device: torch.device | str) -> torch.device:
+    """Where float64 statistics and solves run for features on ``device``: there, unless it has no
+    float64 (MPS), then the CPU."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 @dataclass
@@ -40,20 +53,26 @@ class EditStatistics:
     n_preserve: int = 0
 
     @classmethod
-    def zeros(cls, dim: int) -> EditStatistics:
-        z = lambda: torch.zeros(dim, dim, dtype=torch.float64)  # noqa: E731
+    def zeros(cls, dim: int, device: torch.device | str | None = None) -> EditStatistics:
+        """Empty statistics on ``device`` (default: the CPU; see :func:`solve_device`)."""
+        device = solve_device(device or "cpu")
+        z = lambda: torch.zeros(dim, dim, dtype=torch.float64, device=device)  # noqa: E731
         return cls(z(), z(), z())
 
     @property
     def dim(self) -> int:
         return self.erase_gram.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.erase_gram.device
+
     def add_erase(self, c: torch.Tensor, c_target: torch.Tensor) -> None:
         """Add erase embeddings ``c`` (n, d) with their targets ``c*`` (n, d)."""
         if c.shape != c_target.shape or c.shape[-1] != self.dim:
             raise ValueError(f"erase embeddings {tuple(c.shape)} and targets {tuple(c_target.shape)} "
                              f"must both be (n, {self.dim})")
-        c64, t64 = c.to(torch.float64), c_target.to(torch.float64)
+        c64, t64 = c.to(self.device, torch.float64), c_target.to(self.device, torch.float64)
         self.erase_gram += c64.T @ c64
         self.cross += (t64 - c64).T @ c64
         self.n_erase += len(c)
@@ -61,13 +80,14 @@ class EditStatistics:
     def add_preserve(self, c: torch.Tensor) -> None:
         if c.shape[-1] != self.dim:
             raise ValueError(f"preserve embeddings must be (n, {self.dim}), got {tuple(c.shape)}")
-        c64 = c.to(torch.float64)
+        c64 = c.to(self.device, torch.float64)
         self.preserve_gram += c64.T @ c64
         self.n_preserve += len(c)
 
     def merged(self, other: EditStatistics) -> EditStatistics:
-        return EditStatistics(self.erase_gram + other.erase_gram, self.cross + other.cross,
-                              self.preserve_gram + other.preserve_gram,
+        to = lambda t: t.to(self.device)  # noqa: E731
+        return EditStatistics(self.erase_gram + to(other.erase_gram), self.cross + to(other.cross),
+                              self.preserve_gram + to(other.preserve_gram),
                               self.n_erase + other.n_erase, self.n_preserve + other.n_preserve)
 
 
@@ -96,7 +116,8 @@ class LowRankEdit:
 
 def solve_edit(weights: dict[str, torch.Tensor], stats: EditStatistics, lam: float, erase_scale: float,
                preserve_scale: float, energy: float = 1.0, rank_tol: float = 1e-7) -> LowRankEdit:
-    """Closed-form ``ΔW`` for every weight in ``weights`` (name -> (out, d)); float32 factors.
+    """Closed-form ``ΔW`` for every weight in ``weights`` (name -> (out, d), any dtype and device);
+    solved in float64 on the statistics' device, returned as float32 factors on the CPU.
 
     ``energy`` in (0, 1] keeps the fewest singular directions of ``N`` whose squared singular
     values sum to that share of the total (1 keeps every non-zero one, the exact solution).
@@ -104,16 +125,16 @@ def solve_edit(weights: dict[str, torch.Tensor], stats: EditStatistics, lam: flo
     """
     if not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
-    d = stats.dim
-    A = (lam * torch.eye(d, dtype=torch.float64) + erase_scale * stats.erase_gram
+    d, device = stats.dim, stats.device
+    A = (lam * torch.eye(d, dtype=torch.float64, device=device) + erase_scale * stats.erase_gram
          + preserve_scale * stats.preserve_gram)
     N = solve_right(A, stats.cross)  # D A⁻¹
     U, S, Vh = torch.linalg.svd(N)
     keep = S > rank_tol * max(S[0].item(), 1e-30) if stats.n_erase else torch.zeros_like(S, dtype=torch.bool)
     if energy < 1 and keep.any():
         share = (S**2).cumsum(0) / (S**2).sum()
-        keep &= torch.arange(len(S)) <= int((share < energy).sum())
+        keep &= torch.arange(len(S), device=S.device) <= int((share < energy).sum())
     U, S, Vh = U[:, keep], S[keep], Vh[keep]
     left = erase_scale * U * S  # (d, r)
-    up = {name: (W.to(torch.float64) @ left).float() for name, W in weights.items()}
-    return LowRankEdit(up=up, down=Vh.float())
+    up = {name: (W.detach().to(device, torch.float64) @ left).float().cpu() for name, W in weights.items()}
+    return LowRankEdit(up=up, down=Vh.float().cpu())

@@ -7,6 +7,10 @@ Token policy (UCE, Gandikota et al. WACV 2024): which positions of a prompt stan
 concept. ``last`` takes the concept's last token (the current reference code); ``through_pad``
 takes every position from the concept's first token to the end of the padded sequence (the 2023
 reference): a causal encoder carries the concept into all later positions.
+
+The encoders run in the model's own dtype on its execution device; the features come back as
+float32 on the device where the edit's float64 statistics are kept (:func:`feature_device`: the
+model's, or the CPU for one without float64, MPS).
 """
 
 from __future__ import annotations
@@ -15,21 +19,31 @@ from enum import Enum
 
 import torch
 
+from editflow.edits.closed_form import solve_device
+from editflow.models.diffusion import execution_device
+
 
 class TokenPolicy(str, Enum):
     last = "last"
     through_pad = "through_pad"
 
 
+def feature_device(pipe) -> torch.device:
+    """Where encoded features (and the statistics built from them) are kept: the model's execution
+    device when it has float64, else the CPU."""
+    return solve_device(execution_device(pipe))
+
+
 def encode(pipe, prompts: list[str], batch: int = 64) -> torch.Tensor:
-    """``(N, L, d)`` float32 text features of ``prompts`` as the UNet receives them."""
-    device = pipe.unet.device
+    """``(N, L, d)`` text features of ``prompts`` as the UNet receives them, computed in the text
+    encoder's dtype, returned as float32 on :func:`feature_device`."""
+    device, keep = execution_device(pipe), feature_device(pipe)
     out = []
     with torch.no_grad():
         for i in range(0, len(prompts), batch):
             emb = pipe.encode_prompt(prompt=prompts[i:i + batch], device=device, num_images_per_prompt=1,
                                      do_classifier_free_guidance=False)[0]
-            out.append(emb.float().cpu())
+            out.append(emb.to(keep, torch.float32))
     return torch.cat(out)
 
 
@@ -61,9 +75,10 @@ def encode_features(pipe, prompts: list[str], length: int | None = None, mask_wo
     ``length`` pads to fewer than ``model_max_length`` tokens: CLIP text encoders are causal, so
     the features at positions < ``length`` are exactly those of the fully padded prompt (a 77-token
     model encodes a 6-token concept ~10x faster). ``mask_words`` masks each prompt's word out of
-    the encoders' attention, so later tokens cannot read it.
+    the encoders' attention, so later tokens cannot read it. Float32 on :func:`feature_device`.
     """
     pairs = encoder_pairs(pipe)
+    device, keep = execution_device(pipe), feature_device(pipe)
     if not is_clip_family(pipe):
         raise ValueError("direct feature encoding supports CLIP text encoders; use encode() for others")
     penultimate = getattr(pipe, "text_encoder_2", None) is not None
@@ -80,8 +95,8 @@ def encode_features(pipe, prompts: list[str], length: int | None = None, mask_wo
                     s, e = concept_span(tok, p, mask_words[i + k])
                     mask[k, s:e] = 0
             with torch.no_grad():
-                res = te(ids.to(te.device), attention_mask=mask.to(te.device), output_hidden_states=penultimate)
-            feats.append((res.hidden_states[-2] if penultimate else res.last_hidden_state).float().cpu())
+                res = te(ids.to(device), attention_mask=mask.to(device), output_hidden_states=penultimate)
+            feats.append((res.hidden_states[-2] if penultimate else res.last_hidden_state).to(keep, torch.float32))
         out.append(torch.cat(feats, dim=-1))
     return torch.cat(out)
 

@@ -13,7 +13,10 @@ embeddings score above and preserve embeddings below the threshold (best Youden'
 pass through unchanged, while the edit stays low-rank.
 
 The gated delta (:class:`LowRankDelta`) runs inside editflow's cross-attention processor
-(:mod:`editflow.edits.attention`), set per layer and restored afterwards.
+(:mod:`editflow.edits.attention`), set per layer and restored afterwards. It is computed in float32
+on the text features' device (gate included) and cast back to their dtype, so a model in float16
+or bfloat16 adds a delta of its own dtype while the (possibly trainable) factors stay float32.
+The gate is calibrated in float64 on the statistics' device; its basis is stored float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ class Gate:
     temperature: float
 
     def score(self, c: torch.Tensor) -> torch.Tensor:
-        """ρ(c) (log scale) for features ``c`` (..., d)."""
-        b = self.basis.to(c.dtype)
+        """ρ(c) (log scale) for features ``c`` (..., d), in ``c``'s dtype on its device."""
+        b = self.basis.to(c.device, c.dtype)
         return torch.log((c @ b).pow(2).mean(-1) + 1e-12)
 
     def __call__(self, c: torch.Tensor) -> torch.Tensor:
@@ -59,7 +62,7 @@ def calibrate_gate(stats: EditStatistics, erase: torch.Tensor, preserve: torch.T
     d = stats.dim
     P = stats.preserve_gram / max(stats.n_preserve, 1)
     E = stats.erase_gram / max(stats.n_erase, 1)
-    reg = P + ridge * (torch.trace(P) / d + 1e-12) * torch.eye(d, dtype=torch.float64)
+    reg = P + ridge * (torch.trace(P) / d + 1e-12) * torch.eye(d, dtype=torch.float64, device=P.device)
     L = torch.linalg.cholesky(reg)
     Linv_E = torch.linalg.solve_triangular(L, E, upper=False)
     M = torch.linalg.solve_triangular(L, Linv_E.T, upper=False)  # L⁻¹ E L⁻ᵀ (symmetric)
@@ -69,8 +72,8 @@ def calibrate_gate(stats: EditStatistics, erase: torch.Tensor, preserve: torch.T
     if len(order) == 0:
         order = torch.argsort(mu, descending=True)[:1]
     V = torch.linalg.solve_triangular(L.T, w[:, order], upper=True)  # L⁻ᵀ w: Vᵀ (P + δI) V = I
-    gate = Gate(V.float(), 0.0, 1.0)
-    gate.tau, gate.temperature = _threshold(gate.score(erase.float()), gate.score(preserve.float()))
+    gate = Gate(V.float().cpu(), 0.0, 1.0)
+    gate.tau, gate.temperature = _threshold(gate.score(erase.float()).cpu(), gate.score(preserve.float()).cpu())
     return gate
 
 
@@ -97,7 +100,8 @@ def layer_delta(attn_name: str, up: dict, down, gate: Gate | None = None) -> Low
 class LowRankDelta:
     """``δ(c) = g(c) · (c downᵀ) upᵀ`` for one layer's key and value (``g = 1`` without a gate).
 
-    The factors may be trainable parameters (fine-tuning keeps the gate fixed and learns them).
+    The factors may be trainable parameters (fine-tuning keeps the gate fixed and learns them);
+    they are float32, on any device (moved to the features' device, differentiably, when elsewhere).
     """
 
     def __init__(self, down: torch.Tensor, up_k: torch.Tensor | None, up_v: torch.Tensor | None,
@@ -109,7 +113,7 @@ class LowRankDelta:
         if up is None:
             return 0.0
         cf = c.float()
-        delta = (cf @ self.down.T.to(c.device)) @ up.T.to(c.device)
+        delta = (cf @ self.down.T.to(c.device, torch.float32)) @ up.T.to(c.device, torch.float32)
         if self.gate is not None:
             delta = self.gate(cf).unsqueeze(-1) * delta
         return delta.to(c.dtype)

@@ -10,6 +10,11 @@ model (the frozen targets the losses compare against).
 ``fixed`` leading directions of every layer can be held still (a closed-form patch a LoRA trains
 on top of): their gradients are zeroed, so Adam leaves them exactly as they were, and the factors
 stay one concatenated ``[fixed | trained]`` pair, computed as one product, as a patch stores them.
+
+In a float16/bfloat16 UNet the adapter's factors are still float32 (master weights: peft's own
+upcast, which diffusers' ``add_adapter`` does not do), on the layers' device; peft casts each
+layer's input to them and the sum back to the layer's dtype. :meth:`LoRA.edit` returns float32
+factors on the CPU.
 """
 
 from __future__ import annotations
@@ -57,8 +62,8 @@ class LoRA:
             self.requires_grad_(True)
 
     def edit(self) -> LowRankEdit:
-        return LowRankEdit({n: self.up[n].detach().clone() for n in self.names},
-                           {n: self.down[n].detach().clone() for n in self.names})
+        f32 = lambda t: t.detach().to("cpu", torch.float32).clone()  # noqa: E731
+        return LowRankEdit({n: f32(self.up[n]) for n in self.names}, {n: f32(self.down[n]) for n in self.names})
 
 
 def _hold(grad: torch.Tensor, k: int, dim: int) -> torch.Tensor:
@@ -76,6 +81,7 @@ def peft_lora(unet, up: dict[str, torch.Tensor], down: dict[str, torch.Tensor],
     On exit the peft layers are replaced by the original modules again.
     """
     from peft import LoraConfig
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     if getattr(unet, "peft_config", None):
         raise EditflowError("this UNet already carries LoRA adapters; unload them before training a patch")
@@ -89,6 +95,7 @@ def peft_lora(unet, up: dict[str, torch.Tensor], down: dict[str, torch.Tensor],
     hooks: list = []
     unet.add_adapter(config, adapter_name=ADAPTER)
     try:
+        cast_adapter_dtype(unet, ADAPTER)  # float16/bfloat16 factors -> float32 (before LoRA reads them)
         unet.disable_adapters()
         lora = LoRA(unet, names)
         with torch.no_grad():

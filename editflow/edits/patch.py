@@ -14,6 +14,34 @@ Both are undone exactly by :meth:`AppliedPatch.revert` (or by leaving the ``with
 A file is checked when loaded (its schema: header keys, tensor names, 2-D floating factors of
 matching ranks, every value finite) and again against the model it is applied to (target layers
 present, factor shapes equal to the weights'), so a foreign or damaged file is one clear error.
+
+Precision. A patch is stored float32 (:meth:`Patch.save` casts), whatever dtype the model it was
+computed on ran in, and applies to a model in float32, float16 or bfloat16: ``merge`` adds the
+delta to the weights in float32 and rounds the sum once to the weights' dtype (refusing a
+non-finite result, e.g. a float16 overflow), keeping the original weights to put back bit for
+bit; ``gated`` computes the delta in float32 on the hidden states' device and adds it in their
+dtype.
+
+Base identity across dtypes. A model loaded in float16 or bfloat16 has its weights rounded, so a
+hash of them differs from the float32 one although it is the same base. A patch therefore records
+(metadata ``base_hashes``) the hash of the target weights *as they are in each dtype it can know*,
+and ``base_dtype``, the dtype of the model it was computed on:
+
+* computed in float32: ``{float32, float16, bfloat16}``, the float32 weights cast to each dtype
+  (what loading the same checkpoint in that dtype gives);
+* computed in float16 or bfloat16: only that dtype (a rounded weight cannot be rounded again to
+  another dtype and give what the float32 original would: the double rounding differs).
+
+``base_hash`` (kept for older readers and the registry's ``editflow.base_hash`` tag) is the hash in
+``base_dtype``: the float32 one for every patch computed in float32, as before. A patch without
+``base_hashes`` (older files) is read as ``{float32: base_hash}``.
+
+:meth:`Patch.check_base` checks a model whose target weights are in dtype ``D`` against the
+recorded entry for ``D``; a float32 model can also be checked against any reduced-precision
+entry (it casts its own weights down), so a patch computed on a bfloat16-loaded base applies to
+the float32 one. What cannot be checked (an older float32-only patch on a bfloat16 model, a
+bfloat16-computed patch on a float16 model) is refused with one line saying which dtype to load
+the model in; a recorded hash that differs is refused as a patch for another base.
 """
 
 from __future__ import annotations
@@ -36,13 +64,41 @@ from editflow.errors import EditflowError
 FORMAT = "editflow-patch/1"
 
 
-def base_hash(unet: torch.nn.Module, targets: TargetSpec) -> str:
-    """sha256 over the names and float32 bytes of the target weights (what a patch edits)."""
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+BY_NAME = {n: d for d, n in DTYPE_NAMES.items()}
+
+
+def base_hash(unet: torch.nn.Module, targets: TargetSpec, dtype: torch.dtype | None = None) -> str:
+    """sha256 over the names and float32 bytes of the target weights (what a patch edits): as they
+    are (``dtype=None``), or as they would be in ``dtype`` (cast to it, then back to float32)."""
     h = hashlib.sha256()
     for name, module in targets.find(unet).items():
+        w = module.weight.detach()
+        if dtype is not None:
+            w = w.to(dtype)
         h.update(name.encode())
-        h.update(module.weight.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+        h.update(w.to(torch.float32).contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_dtype(unet: torch.nn.Module, targets: TargetSpec) -> torch.dtype:
+    """The one dtype of the target weights (an error names them when they are mixed)."""
+    dtypes = {m.weight.dtype for m in targets.find(unet).values()}
+    if len(dtypes) != 1:
+        raise EditflowError(f"the patch's target weights have mixed dtypes {sorted(map(str, dtypes))}; "
+                            "load the model in one dtype")
+    return dtypes.pop()
+
+
+def base_identity(unet: torch.nn.Module, targets: TargetSpec) -> dict:
+    """The metadata that identifies the base (module docstring): ``base_hash``, ``base_hashes``, ``base_dtype``."""
+    dtype = weights_dtype(unet, targets)
+    name = DTYPE_NAMES.get(dtype)
+    if name is None:
+        raise EditflowError(f"patches are computed on float32, float16 or bfloat16 models, not {dtype}")
+    views = list(DTYPE_NAMES) if dtype == torch.float32 else [dtype]
+    hashes = {DTYPE_NAMES[d]: base_hash(unet, targets, None if d == dtype else d) for d in views}
+    return {"base_hash": hashes[name], "base_hashes": hashes, "base_dtype": name}
 
 
 @dataclass
@@ -60,13 +116,14 @@ class Patch:
     # -- storage ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        tensors = {f"up.{name}": t.contiguous() for name, t in self.edit.up.items()}
+        f32 = lambda t: t.detach().to("cpu", torch.float32).contiguous()  # noqa: E731  (always stored float32)
+        tensors = {f"up.{name}": f32(t) for name, t in self.edit.up.items()}
         if self.edit.shared:
-            tensors["down"] = self.edit.down.contiguous()
+            tensors["down"] = f32(self.edit.down)
         else:
-            tensors.update({f"down.{name}": t.contiguous() for name, t in self.edit.down.items()})
+            tensors.update({f"down.{name}": f32(t) for name, t in self.edit.down.items()})
         if self.gate is not None:
-            tensors.update({f"gate.{k}": v.contiguous() for k, v in self.gate.tensors().items()})
+            tensors.update({f"gate.{k}": f32(v) for k, v in self.gate.tensors().items()})
         for t in self.tokens:
             tensors[f"token.{t.token}"] = t.vectors.detach().float().contiguous()
         meta = {"format": FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}
@@ -90,6 +147,7 @@ class Patch:
                 raise EditflowError(f"{path}: tensor {k} is {v.dtype}, not floating point")
             if not torch.isfinite(v).all():
                 raise EditflowError(f"{path}: tensor {k} holds NaN or Inf values; refusing the patch")
+        tensors = {k: v.float() for k, v in tensors.items()}  # a patch computes in float32 (half-precision files too)
         up = {k[3:]: v for k, v in tensors.items() if k.startswith("up.")}
         per_layer = {k[5:]: v for k, v in tensors.items() if k.startswith("down.")}
         down = tensors.get("down")
@@ -127,12 +185,36 @@ class Patch:
         return cls(edit, gate, metadata, tokens)
 
     # -- application ------------------------------------------------------------------------
-    def check_base(self, unet: torch.nn.Module) -> None:
+    def base_hashes(self) -> dict[str, str]:
+        """The recorded base hashes by dtype name (an older patch: its float32 ``base_hash``)."""
+        hashes = self.metadata.get("base_hashes")
+        if isinstance(hashes, dict) and hashes:
+            return {str(k): str(v) for k, v in hashes.items() if v}
         want = self.metadata.get("base_hash")
-        have = base_hash(unet, self.targets)
-        if want and want != have:
+        return {"float32": str(want)} if want else {}
+
+    def check_base(self, unet: torch.nn.Module) -> None:
+        """Refuse a model that is not the patch's base, in whatever dtype it is loaded (module docstring)."""
+        recorded = self.base_hashes()
+        if not recorded:
+            return
+        dtype = weights_dtype(unet, self.targets)
+        name = DTYPE_NAMES.get(dtype)
+        if name in recorded:
+            view = None
+        elif dtype == torch.float32 and any(n in recorded for n in ("bfloat16", "float16")):
+            # a float32 model rounds its own weights to the dtype the patch was computed in
+            name = next(n for n in ("bfloat16", "float16") if n in recorded)
+            view = BY_NAME[name]
+        else:
+            fits = " or ".join(["float32"] + sorted(n for n in recorded if n != "float32"))
+            raise EditflowError(f"the patch records its base's hash in {', '.join(sorted(recorded))} only and this "
+                                f"model is loaded in {name or dtype}, so the base cannot be checked; load the model "
+                                f"with --dtype {fits} to apply the patch")
+        want, have = recorded[name], base_hash(unet, self.targets, view)
+        if want != have:
             raise EditflowError(f"patch was made for base {self.metadata.get('base_model', '?')} "
-                                f"(hash {want[:12]}), this model's hash is {have[:12]}")
+                                f"(hash {want[:12]} in {name}), this model's hash is {have[:12]}")
 
     def _mode(self, mode: str) -> str:
         if mode == "auto":
@@ -183,18 +265,25 @@ class AppliedPatch:
             deltas = {}
             for name in patch.edit.up:
                 w = modules[name].weight
-                delta = patch.edit.delta(name).to(w.dtype)
-                new = w.detach() + delta
+                # W + ΔW in float32 on the weight's device, rounded once to the weight's dtype
+                delta = patch.edit.delta(name).to(w.device, torch.float32)
+                new = (w.detach().float() + delta).to(w.dtype)
                 if not torch.isfinite(new).all():
-                    raise EditflowError(f"applying the patch makes {name} non-finite; nothing was changed")
+                    raise EditflowError(f"applying the patch makes {name} non-finite in {w.dtype}; "
+                                        "nothing was changed")
                 deltas[name] = new
             for name, new in deltas.items():  # check everything first, then write
                 self._weights[name] = modules[name].weight.detach().clone()
                 with torch.no_grad():
                     modules[name].weight.copy_(new)
-        else:
-            self._processors = install(unet, delta_processors(
-                lambda name: layer_delta(name, patch.edit.up, patch.edit.down, patch.gate)))
+        else:  # float32 factors, moved once to the UNet's device (the delta is computed in float32 there)
+            device = next(iter(modules.values())).weight.device
+            up = {n: u.to(device, torch.float32) for n, u in patch.edit.up.items()}
+            down = patch.edit.down.to(device, torch.float32)
+            gate = patch.gate
+            if gate is not None:
+                gate = Gate(gate.basis.to(device, torch.float32), gate.tau, gate.temperature)
+            self._processors = install(unet, delta_processors(lambda name: layer_delta(name, up, down, gate)))
 
     def revert(self) -> None:
         if self.mode == "merge":

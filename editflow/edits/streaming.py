@@ -12,6 +12,10 @@ the encoders (their features of a probe prompt).
 
 With the ``last`` token policy only one position per prompt is read, and CLIP encoders are
 causal, so prompts are padded to their batch's longest length instead of the model's 77 tokens.
+
+Features, statistics and samples live on :func:`~editflow.edits.conditioning.feature_device`
+(float32 features, float64 statistics); the cache stores them on the CPU. Its key includes the
+probe prompt's features, so statistics of a model loaded in another dtype are kept apart.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from editflow.edits.conditioning import (
     concept_span,
     encode,
     encode_features,
+    feature_device,
     is_clip_family,
     positions,
     token_count,
@@ -70,8 +75,8 @@ class _Reservoir:
                 if j < self.size:
                     self.items[j] = row
 
-    def tensor(self, dim: int) -> torch.Tensor:
-        return torch.stack(self.items) if self.items else torch.zeros(0, dim)
+    def tensor(self, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.stack(self.items) if self.items else torch.zeros(0, dim, device=device)
 
 
 def _encoder(pipe, short: bool):
@@ -111,7 +116,7 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
         t = t[:, :c.shape[1]]
         if guidance:
             t = t + guidance * (t - c)
-        stats = stats or EditStatistics.zeros(c.shape[-1])
+        stats = stats or EditStatistics.zeros(c.shape[-1], c.device)
         rows_c, rows_t, context = [], [], []
         for k, (prompt, _, word) in enumerate(chunk):
             idx = positions(tok, prompt, word, request.token_policy, c.shape[1])
@@ -139,12 +144,14 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
         elif progress:
             progress(len(preserve_pairs(request)))
     if stats is None:
-        stats = EditStatistics.zeros(kept.gram.shape[0] if kept else encode(pipe, [""]).shape[-1])
+        stats = EditStatistics.zeros(kept.gram.shape[0] if kept else encode(pipe, [""]).shape[-1],
+                                     feature_device(pipe))
     if kept is not None:
-        stats.preserve_gram += kept.gram
+        stats.preserve_gram += kept.gram.to(stats.device)
         stats.n_preserve += kept.count
-        keep_p.add(kept.sample[torch.randperm(len(kept.sample), generator=torch.Generator().manual_seed(2))])
-    return StreamedSet(stats, keep_e.tensor(stats.dim), keep_p.tensor(stats.dim))
+        sample = kept.sample.to(stats.device, torch.float32)
+        keep_p.add(sample[torch.randperm(len(sample), generator=torch.Generator().manual_seed(2)).to(stats.device)])
+    return StreamedSet(stats, keep_e.tensor(stats.dim, stats.device), keep_p.tensor(stats.dim, stats.device))
 
 
 def preserve_statistics(pipe, request: EraseRequest, preserve_context: bool, batch: int = 64,
@@ -168,7 +175,7 @@ def preserve_statistics(pipe, request: EraseRequest, preserve_context: bool, bat
         keep.add(rows)
         if progress:
             progress(len(chunk))
-    return PreserveStatistics(gram, count, keep.tensor(gram.shape[0]))
+    return PreserveStatistics(gram, count, keep.tensor(gram.shape[0], gram.device))
 
 
 class PreserveCache:
@@ -188,7 +195,7 @@ class PreserveCache:
         h.update(json.dumps({"preserve": list(request.preserve), "templates": list(request.templates),
                              "policy": request.token_policy.value, "context": preserve_context,
                              "sample": sample_size, "shape": list(probe.shape)}, sort_keys=True).encode())
-        h.update(probe.to(torch.float32).contiguous().numpy().round(4).tobytes())
+        h.update(probe.to("cpu", torch.float32).contiguous().numpy().round(4).tobytes())
         return h.hexdigest()[:32]
 
     def path(self, key: str) -> Path:
@@ -209,8 +216,8 @@ class PreserveCache:
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"gram": value.gram.contiguous(), "count": torch.tensor([value.count]),
-                       "sample": value.sample.contiguous()}, tmp)
+            save_file({"gram": value.gram.cpu().contiguous(), "count": torch.tensor([value.count]),
+                       "sample": value.sample.cpu().contiguous()}, tmp)
             os.replace(tmp, self.path(key))
         finally:
             if os.path.exists(tmp):

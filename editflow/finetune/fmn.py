@@ -16,6 +16,11 @@ with the base model frozen, starting from the closed-form solution, on
   prompts, so the factors do not drift into other concepts.
 
 A gate, when the patch has one, stays as calibrated.
+
+Precision: the factors are float32 parameters on the UNet's device while a float16/bfloat16 base
+runs in its own dtype (the delta is computed in float32 and cast to the hidden states' dtype);
+attention maps, ``x̂0``, targets and losses are float32; the new patch's factors are float32 on
+the CPU.
 """
 
 from __future__ import annotations
@@ -40,24 +45,27 @@ from editflow.models import diffusion as D
 
 
 class TrainableFactors(torch.nn.Module):
-    """A patch's factors as parameters: ``up_l`` per layer, a shared ``down``, grown by ``extra`` rows."""
+    """A patch's factors as parameters: ``up_l`` per layer, a shared ``down``, grown by ``extra`` rows;
+    float32 on ``device`` (the new rows drawn on the CPU from ``seed``)."""
 
-    def __init__(self, patch: Patch, extra: int, seed: int = 0):
+    def __init__(self, patch: Patch, extra: int, seed: int = 0, device: torch.device | str = "cpu"):
         super().__init__()
-        down = patch.edit.down.float()
+        down = patch.edit.down.float().cpu()
         d = down.shape[1]
         gen = torch.Generator().manual_seed(seed)
         grow = torch.randn(extra, d, generator=gen) / d**0.5
         self.names = sorted(patch.edit.up)
-        self.down = torch.nn.Parameter(torch.cat([down, grow]))
+        self.down = torch.nn.Parameter(torch.cat([down, grow]).to(device))
+        ups = [patch.edit.up[n].float().cpu() for n in self.names]
         self.up = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.cat([patch.edit.up[n].float(), torch.zeros(patch.edit.up[n].shape[0], extra)], 1))
-             for n in self.names])
+            [torch.nn.Parameter(torch.cat([u, torch.zeros(u.shape[0], extra)], 1).to(device)) for u in ups])
         self.gate = patch.gate
         self._by_name = dict(zip(self.names, self.up))  # the same parameters, looked up per layer
 
     def edit(self) -> LowRankEdit:
-        return LowRankEdit({n: u.detach().clone() for n, u in zip(self.names, self.up)}, self.down.detach().clone())
+        """The current factors, float32 on the CPU."""
+        return LowRankEdit({n: u.detach().cpu().clone() for n, u in zip(self.names, self.up)},
+                           self.down.detach().cpu().clone())
 
     def delta_for(self, attn_name: str) -> LowRankDelta | None:
         return layer_delta(attn_name, self._by_name, self.down, self.gate)
@@ -98,7 +106,7 @@ def fmn_finetune(pipe, patch: Patch, erase: list[tuple[str, str]], preserve: lis
     gen = torch.Generator().manual_seed(config.seed)
     pool = rng.sample(erase, min(config.fallbacks, len(erase)))
     fallback = natural_fallbacks(pipe, pool, [config.seed * 7919 + i for i in range(len(pool))], policy=policy)
-    factors = TrainableFactors(patch, config.extra_rank, config.seed)
+    factors = TrainableFactors(patch, config.extra_rank, config.seed, D.execution_device(pipe))
     opt = torch.optim.Adam(factors.parameters(), lr=config.lr)
     sched = pipe.scheduler
     history: list[dict] = []
@@ -108,7 +116,7 @@ def fmn_finetune(pipe, patch: Patch, erase: list[tuple[str, str]], preserve: lis
             idx = [rng.randrange(len(pool)) for _ in range(config.batch)]
             prompts, words = [pool[i][0] for i in idx], [pool[i][1] for i in idx]
             x0 = fallback[idx]
-            noise = torch.randn(x0.shape, generator=gen)
+            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
             t = D.sample_timesteps(sched, len(idx), gen)
             x_t = D.add_noise(sched, x0, noise, t)
             with torch.no_grad():
@@ -123,7 +131,7 @@ def fmn_finetune(pipe, patch: Patch, erase: list[tuple[str, str]], preserve: lis
                 kp = [rng.choice(preserve) for _ in range(config.batch)]
                 with torch.no_grad():
                     kf = D.text_features(pipe, kp)
-                    xk = torch.randn(x0.shape, generator=gen)
+                    xk = torch.randn(x0.shape, generator=gen).to(x0.device)
                     tk = D.sample_timesteps(sched, len(kp), gen)
                     base = D.unet_output(pipe, xk, tk, kf)
                 with attention_processors(pipe.unet, delta_processors(factors.delta_for)):

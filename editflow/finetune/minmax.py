@@ -54,6 +54,10 @@ The negative guidance matters: with ``η = 0`` the target is how "a shape" denoi
 which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
 The closed-form patch must be ungated: a gate passes any text feature outside the concept's
 subspace through unchanged, which is exactly where the attacker goes.
+
+Precision: with the model in float16/bfloat16, the LoRA (:mod:`editflow.edits.lora`) and the
+attackers' embeddings stay float32 master weights, latents, predictions, targets and losses are
+float32 (:mod:`editflow.models.diffusion`); noise and sampling draws come from the CPU generator.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
 
     def noised(x_all: torch.Tensor, idx: list[int]):
         x0 = x_all[idx]
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         t = D.sample_timesteps(sched, len(idx), gen)
         return x0, noise, t, D.add_noise(sched, x0, noise, t)
 
@@ -167,8 +171,8 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
         attacker_opt = {n: [torch.optim.Adam([v], lr=config.attack_lr) for v in vs] for n, vs in attacker.items()}
         if x_keep is not None and config.preserve_focus:  # one pass over the preserved images to start from
             with torch.no_grad():
-                keep_err = torch.cat([keep_error(list(range(i, min(i + B, len(x_keep)))))
-                                      for i in range(0, len(x_keep), B)])
+                keep_err = torch.cat([keep_error(list(range(i, min(i + B, len(x_keep))))).cpu()
+                                      for i in range(0, len(x_keep), B)])  # on the CPU, as the generator
         for step in range(config.minmax_steps):
             concept = concepts[step % len(concepts)]
             name = concept.name
@@ -216,7 +220,7 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
                 per_image = keep_error(kidx)
                 keep = per_image.mean()
                 if keep_err is not None:
-                    keep_err[kidx] = 0.5 * keep_err[kidx] + 0.5 * per_image.detach()
+                    keep_err[kidx] = 0.5 * keep_err[kidx] + 0.5 * per_image.detach().cpu()
             loss = adversarial + word + config.minmax_preserve * keep
             opt.zero_grad(set_to_none=True)
             loss.backward()

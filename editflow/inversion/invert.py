@@ -6,6 +6,10 @@ over the embedding ``v`` of a new token only; the text encoder and the UNet stay
 ``target`` is whatever the scheduler predicts (ε, v or x0; :mod:`editflow.models.diffusion`).
 With ``patch`` the model being inverted is the patched one: Pham et al. (2023) learn such a token
 against an erased model and show it brings the concept back (editflow's attack success rate).
+
+With the model in float16/bfloat16, ``v`` stays a float32 parameter (cast to the embedding
+table's dtype where it enters the text encoder), latents, targets and the loss are float32, and
+the learned vectors come back float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -46,15 +50,17 @@ class InversionConfig:
 
 
 def initial_embedding(pipe, config: InversionConfig) -> torch.Tensor:
+    """The start ``(vectors, d)``: the init word's mean embedding or the vocabulary's; float32 (averaged
+    in float32 whatever the table's dtype), on the table's device."""
     table = pipe.text_encoder.get_input_embeddings().weight.detach()
     if config.init_word is None:
-        vec = table.mean(0)
+        vec = table.float().mean(0)
     else:
         ids = pipe.tokenizer(config.init_word, add_special_tokens=False).input_ids
         if not ids:
             raise EditflowError(f"init word {config.init_word!r} has no tokens")
-        vec = table[ids].mean(0)
-    return vec.float()[None].repeat(config.vectors, 1)
+        vec = table[ids].float().mean(0)
+    return vec[None].repeat(config.vectors, 1)
 
 
 def invert(pipe, images: list[Image.Image], token: str, config: InversionConfig | None = None, patch=None,
@@ -79,7 +85,7 @@ def invert(pipe, images: list[Image.Image], token: str, config: InversionConfig 
         for _ in range(config.steps):
             idx = torch.randint(0, len(x0_all), (config.batch,), generator=gen)
             x0 = x0_all[idx]
-            noise = torch.randn(x0.shape, generator=gen)
+            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
             t = D.sample_timesteps(sched, config.batch, gen)
             # the bare token: diffusers expands a multi-vector token itself
             prompts = [rng.choice(config.templates).format(token) for _ in range(config.batch)]
@@ -97,7 +103,7 @@ def invert(pipe, images: list[Image.Image], token: str, config: InversionConfig 
             losses.append(loss.item())
             if progress is not None:
                 progress(1, losses[-1])
-        vectors = param.detach().clone()
+        vectors = param.detach().to("cpu", torch.float32).clone()
     k = max(1, len(losses) // 10)
     meta = {"images": len(images), "config": asdict(config), "loss_first": sum(losses[:k]) / k,
             "loss_last": sum(losses[-k:]) / k, "against_patch": patch is not None}

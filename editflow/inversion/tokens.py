@@ -114,9 +114,13 @@ def token_ids(pipe, token: str, n: int) -> list[int]:
 @contextmanager
 def trainable_token(pipe, token: str, init: torch.Tensor) -> Iterator[torch.nn.Parameter]:
     """Load ``token`` with embedding ``init`` (n, d) and yield a parameter that replaces its rows
-    in the text encoder's input embeddings (a forward hook): gradients reach only the parameter."""
-    param = torch.nn.Parameter(init.detach().clone().float())
-    with learned_tokens(pipe, LearnedTokens(token, init.detach().float())):
+    in the text encoder's input embeddings (a forward hook): gradients reach only the parameter.
+
+    The parameter is float32 on the embedding table's device (master weights); the hook casts it to
+    the table's dtype, so a float16/bfloat16 text encoder trains a float32 token."""
+    embedding = pipe.text_encoder.get_input_embeddings()
+    param = torch.nn.Parameter(init.detach().to(embedding.weight.device, torch.float32).clone())
+    with learned_tokens(pipe, LearnedTokens(token, init.detach().float().cpu())):
         ids = torch.tensor(token_ids(pipe, token, len(init)))
         embedding = pipe.text_encoder.get_input_embeddings()
 

@@ -5,6 +5,17 @@ or sample; ``alphas_cumprod``), so the same code trains the embedded v-predictio
 epsilon models. The forward process is diffusers' ``DDPMScheduler`` built from that config
 (``add_noise``: ``x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε``, Ho et al. 2020, eq. 4; ``get_velocity``:
 ``v = √ᾱ_t ε - √(1-ᾱ_t) x0``, Salimans & Ho 2022, §4).
+
+Precision and placement come from the pipeline, never from a global: the frozen models run in
+their own dtype (float32, or float16/bfloat16 when loaded so) on their execution device
+(:func:`execution_device`), while everything a loss sees is float32: latents
+(:func:`to_latents`), the forward process (:func:`add_noise`, :func:`target`), ``x̂0``
+(:func:`predicted_x0`) and the UNet's prediction (:func:`unet_output` casts its inputs to the
+UNet's dtype and its output back to float32). Trainable tensors (patch factors, LoRA adapters,
+learned embeddings) stay float32 "master weights" and are cast where they meet the frozen model.
+In float32 every cast here is the identity, so float32 results are bit-for-bit what they were.
+Random draws use the caller's CPU generator and move to the device afterwards, so a seed means
+the same noise on any device.
 """
 
 from __future__ import annotations
@@ -29,8 +40,16 @@ def image_size(pipe) -> int:
     return pipe.unet.config.sample_size * (getattr(pipe, "vae_scale_factor", None) or 1)
 
 
+def execution_device(pipe) -> torch.device:
+    """Where the pipeline's models run: diffusers' ``_execution_device`` (the accelerator under model
+    CPU offload, where the modules themselves report the CPU), else the UNet's device."""
+    device = getattr(pipe, "_execution_device", None)
+    return torch.device(device) if device is not None else pipe.unet.device
+
+
 def to_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
-    """Scaled latents (posterior means) of ``images``, resized to the model's image size."""
+    """Scaled latents (posterior means) of ``images``, resized to the model's image size: the VAE
+    encodes on its device in its dtype; the latents come back float32 on that device."""
     if not images:
         raise EditflowError("no images to encode")
     size = image_size(pipe)
@@ -41,8 +60,8 @@ def to_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
     if vae is None:
         return x
     with torch.no_grad():
-        x = x.to(vae.device, vae.dtype)
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        x = x.to(execution_device(pipe), vae.dtype)
+        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
 
 
 def _ab(scheduler, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,31 +102,41 @@ def target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) ->
 
 
 def predicted_x0(scheduler, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``x̂0`` from a UNet output (FMN's visual denoising loss compares it with the fallback image)."""
+    """``x̂0`` from a UNet output (FMN's visual denoising loss compares it with the fallback image);
+    computed in float32 and returned in ``x_t``'s dtype (ᾱ_t near 1 does not survive bfloat16)."""
     kind = prediction_type(scheduler)
     if kind == "sample":
         return pred
-    a, s = _ab(scheduler, t, x_t)
+    xf, pf = x_t.float(), pred.float()
+    a, s = _ab(scheduler, t, xf)
     if kind == "epsilon":
-        return (x_t - s * pred) / a
-    return a * x_t - s * pred
+        return ((xf - s * pf) / a).to(x_t.dtype)
+    return (a * xf - s * pf).to(x_t.dtype)
 
 
 def sample_timesteps(scheduler, n: int, gen: torch.Generator, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    """``n`` training timesteps drawn uniformly from ``[low, high)`` of the schedule."""
+    """``n`` training timesteps drawn uniformly from ``[low, high)`` of the schedule, on the
+    generator's device (the UNet and the forward process move them where they run)."""
     T = scheduler.config.num_train_timesteps
-    return torch.randint(int(low * T), max(int(high * T), int(low * T) + 1), (n,), generator=gen)
+    return torch.randint(int(low * T), max(int(high * T), int(low * T) + 1), (n,), generator=gen,
+                         device=gen.device)
 
 
 def text_features(pipe, prompts: list[str]) -> torch.Tensor:
     """Conditional text features as the pipeline computes them (differentiable: the caller decides
-    on ``no_grad``); learned textual-inversion tokens loaded into the pipeline are honoured."""
-    return pipe.encode_prompt(prompt=prompts, device=pipe.unet.device, num_images_per_prompt=1,
+    on ``no_grad``); learned textual-inversion tokens loaded into the pipeline are honoured. In the
+    text encoder's dtype, on the execution device."""
+    return pipe.encode_prompt(prompt=prompts, device=execution_device(pipe), num_images_per_prompt=1,
                               do_classifier_free_guidance=False)[0]
 
 
 def unet_output(pipe, x_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    return pipe.unet(x_t, t.to(x_t.device), encoder_hidden_states=features).sample
+    """The UNet's prediction for ``x_t`` at ``t`` given text ``features``: the inputs are cast to the
+    UNet's dtype on its execution device, the prediction comes back float32 (losses are float32;
+    gradients flow through both casts)."""
+    device, dtype = execution_device(pipe), pipe.unet.dtype
+    out = pipe.unet(x_t.to(device, dtype), t.to(device), encoder_hidden_states=features.to(device, dtype)).sample
+    return out.float()
 
 
 class frozen:

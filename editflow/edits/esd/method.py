@@ -18,6 +18,10 @@ the base frozen (merge mode):
 * ``esd-u`` the layers that do not read the text (the paper: all non-cross-attention weights;
   editflow: a rank-``lora_rank`` LoRA on every self-attention projection ``attn1.to_q/k/v/out``),
   trained as a peft LoRA adapter (:mod:`editflow.edits.lora`).
+
+With the model loaded in float16/bfloat16 the frozen base runs in that dtype while the trained
+factors stay float32 on its device (cast where they meet it); trajectories, predictions, targets
+and the loss are float32 (:mod:`editflow.models.diffusion`); the patch comes back float32.
 """
 
 from __future__ import annotations
@@ -83,11 +87,12 @@ class ESD:
         names = sorted(modules)
         if self.name == "esd-x":
             d = modules[names[0]].in_features
-            eye = torch.eye(d)
-            up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, d)) for n in names}
+            device = modules[names[0]].weight.device  # float32 master factors where the UNet runs
+            eye = torch.eye(d, device=device)
+            up = {n: torch.nn.Parameter(torch.zeros(modules[n].out_features, d, device=device)) for n in names}
             make = delta_processors(lambda name: layer_delta(name, up, eye))
             yield (list(up.values()), lambda: attention_processors(unet, make),
-                   lambda: LowRankEdit({n: u.detach().clone() for n, u in up.items()}, eye.clone()))
+                   lambda: LowRankEdit({n: u.detach().cpu().clone() for n, u in up.items()}, eye.cpu().clone()))
             return
         r = config.lora_rank
         up = {n: torch.zeros(modules[n].out_features, r) for n in names}

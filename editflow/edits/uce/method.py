@@ -17,7 +17,7 @@ def metadata(pipe, request: EraseRequest, method: str, config, targets: TargetSp
     from dataclasses import asdict
 
     import editflow
-    from editflow.edits.patch import base_hash
+    from editflow.edits.patch import base_identity
 
     meta = {
         "method": method,
@@ -28,7 +28,7 @@ def metadata(pipe, request: EraseRequest, method: str, config, targets: TargetSp
         "token_policy": request.token_policy.value,
         "target_patterns": list(targets.patterns),
         "base_model": str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", "")),
-        "base_hash": base_hash(pipe.unet, targets),
+        **base_identity(pipe.unet, targets),  # base_hash, base_hashes per dtype, base_dtype
         "editflow_version": editflow.__version__,
         **(extra or {}),
     }
