@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from editflow.cli.common import cli_errors
+from editflow.cli.common import DeviceOpt, DtypeOpt, cli_errors, dtype_name, placement
 from editflow.errors import EditflowError
 from registry.cli import UriOpt
 
@@ -35,17 +35,22 @@ def plan_cmd(policy: PolicyArg, tracking_uri: UriOpt = None):
 @cli_errors
 def run_cmd(policy: PolicyArg, tracking_uri: UriOpt = None,
             dask_address: Annotated[str | None, typer.Option(
-                help="Spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None):
+                help="Spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
+            device: DeviceOpt = None, dtype: DtypeOpt = None):
     """Run the policy now (Prefect flow): erase what the champion misses, gate, register a candidate.
 
-    Exit 3 when the new patch fails a gate (its run is logged, no version is made).
+    --device / --dtype win over the policy's `device` / `dtype` keys. Exit 3 when the new patch fails a
+    gate (its run is logged, no version is made).
     """
     from flows.erase import local_defaults
     from flows.policy import Policy, policy_flow
 
-    Policy.load(policy)  # validate before starting Prefect
+    loaded = Policy.load(policy)  # validate before starting Prefect
+    device, dtype = device or loaded.device, dtype_name(dtype) or loaded.dtype
+    if not dask_address:  # on Dask, the workers resolve the device; here, a missing one fails now
+        placement(device, dtype)
     with local_defaults():
-        result = policy_flow(str(policy), tracking_uri, dask_address=dask_address)
+        result = policy_flow(str(policy), tracking_uri, dask_address=dask_address, device=device, dtype=dtype)
     typer.echo(json.dumps(result, indent=2, default=str))
     if result["result"] is not None and not result["result"]["passed"]:
         raise typer.Exit(3)

@@ -109,6 +109,7 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
                eval_options: dict | None = None) -> dict:
     """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes.
 
+    The evaluation runs where the erasure did (``job``'s ``device``, ``dtype``, ``offload``).
     ``eval_options`` are further :class:`~editflow.evaluation.run.EvalJob` fields (``attack_steps``, ...).
     """
     clock = {"start": time.perf_counter()}
@@ -121,7 +122,9 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     clock["erase"] = time.perf_counter()
     eval_job = EvalJob(patch=erased["patch"], model=job.get("model"), gates=gates, images=images,
                        cache_dir=eval_cache_dir or job.get("cache_dir"),
-                       out=str(Path(out).with_name(Path(out).stem + "-eval")), **(eval_options or {}))
+                       out=str(Path(out).with_name(Path(out).stem + "-eval")),
+                       device=job.get("device"), dtype=job.get("dtype"), offload=job.get("offload", False),
+                       **(eval_options or {}))
     evaluated_state = _run(evaluate_task, asdict(eval_job), _sha256(erased["patch"]), fan_out)
     evaluated = evaluated_state.result()
     if not (Path(evaluated["report_dir"]) / "report.json").is_file():
@@ -200,6 +203,9 @@ def on_dask(flow_fn, address: str | None):
 def run_from_cli(job: EraseJob, out: str, name: str, gates: str | None = None, images: int = 24,
                  dask_address: str | None = None, eval_options: dict | None = None) -> dict:
     """Entry point ``editflow.flows:erase`` (``editflow erase --register NAME [--dask-address ...]``)."""
+    from registry.names import check_name
+
+    check_name(name)  # before any stage runs: a bad name would fail only at registration, minutes later
     with local_defaults():
         return on_dask(erase_flow, dask_address)(asdict(job), out, name, gates, images, fan_out=bool(dask_address),
                                                  eval_options=eval_options)

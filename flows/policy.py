@@ -14,6 +14,11 @@ A policy file (``configs/policies/*.yaml``)::
                                    # preserve_images, attack)
     schedule: "0 3 * * *"          # cron, for `editflow policy serve`
     out_dir: patches/              # where patches and reports go (default: $EDITFLOW_HOME/patches/<name>)
+    device: cuda                   # optional: auto, cpu, cuda, cuda:N, mps (default: $EDITFLOW_DEVICE, else auto)
+    dtype: float16                 # optional: auto, float32, float16, bfloat16 (default: $EDITFLOW_DTYPE, else auto)
+
+Device and dtype names are checked when the policy is loaded; the hardware when it runs (on the
+machine, or Dask worker, that runs it).
 
 ``policy_flow`` compares the policy with the registered model's ``champion``: when the champion
 already erases every concept the policy names, there is nothing to do; otherwise it runs
@@ -34,7 +39,7 @@ from editflow.edits.erase import EraseJob
 from editflow.errors import EditflowError
 
 KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "eval", "schedule", "description", "out_dir",
-        "finetune"}
+        "finetune", "device", "dtype"}
 EVAL_KEYS = {"attack", "attack_steps", "attack_restarts", "preserve_images"}  # EvalJob fields a policy may set
 
 
@@ -92,6 +97,8 @@ class Policy:
     source: str = "<inline>"
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields, e.g. {mode: adv, rounds: 6}
     eval: dict = field(default_factory=dict)  # EVAL_KEYS fields of the evaluation, e.g. {attack_steps: 400}
+    device: str | None = None  # None: $EDITFLOW_DEVICE, else auto (resolved where the job runs)
+    dtype: str | None = None  # None: $EDITFLOW_DTYPE, else auto
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -157,14 +164,21 @@ class Policy:
                 raise EditflowError(f"policy {source}: eval.attack must be true or false, got {value!r}")
             if key != "attack" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise EditflowError(f"policy {source}: eval.{key} must be a whole number >= 1, got {value!r}")
-        return cls(data["name"], concepts, synonyms, base, method, gates,
-                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source, finetune, evaluation)
+        from editflow.models.device import check_placement
 
-    def job(self, concepts: list[str], cache_dir: str | None = None) -> EraseJob:
+        device, dtype = data.get("device"), data.get("dtype")
+        check_placement(device, dtype, f"policy {source}")  # names only: the hardware is checked where it runs
+        return cls(data["name"], concepts, synonyms, base, method, gates,
+                   int(data.get("eval_images", 24)), data.get("schedule"), out_dir, source, finetune, evaluation,
+                   device.strip().lower() if device else None, dtype.strip().lower() if dtype else None)
+
+    def job(self, concepts: list[str], cache_dir: str | None = None, device: str | None = None,
+            dtype: str | None = None) -> EraseJob:
+        """The erase job for ``concepts``; ``device`` / ``dtype`` (e.g. from the command line) win over the policy's."""
         return EraseJob(list(concepts), self.method, None if self.base == "embedded" else self.base,
                         cache_dir=cache_dir, concept_aliases={c: self.synonyms[c] for c in concepts
                                                               if c in self.synonyms},
-                        finetune=dict(self.finetune))
+                        finetune=dict(self.finetune), device=device or self.device, dtype=dtype or self.dtype)
 
 
 def covered_by_champion(name: str, tracking_uri: str | None = None) -> tuple[str | None, set[str]]:
@@ -188,8 +202,10 @@ def plan(policy: Policy, tracking_uri: str | None = None) -> dict:
 
 @flow(name="editflow-policy", log_prints=True)
 def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: str | None = None,
-                dask_address: str | None = None) -> dict:
-    """Run a safety policy now: erase what the champion does not cover yet, register a candidate."""
+                dask_address: str | None = None, device: str | None = None, dtype: str | None = None) -> dict:
+    """Run a safety policy now: erase what the champion does not cover yet, register a candidate.
+
+    ``device`` / ``dtype`` override the policy's own (names; resolved where the erasure runs)."""
     from flows.erase import erase_flow, on_dask
 
     policy = Policy.load(policy_path)
@@ -204,7 +220,8 @@ def policy_flow(policy_path: str, tracking_uri: str | None = None, cache_dir: st
     out_dir = Path(policy.out_dir) if policy.out_dir else editflow_home() / "patches" / policy.name
     slug = "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", c).strip(".") or "_" for c in todo["erase"])
     out = out_dir / f"{policy.name}-{slug}.safetensors"  # concept words of a real base may hold '/'
-    result = on_dask(erase_flow, dask_address)(asdict(policy.job(todo["erase"], cache_dir)), str(out), policy.name,
+    job = policy.job(todo["erase"], cache_dir, device, dtype)
+    result = on_dask(erase_flow, dask_address)(asdict(job), str(out), policy.name,
                                                policy.gates, policy.eval_images, tracking_uri,
                                                fan_out=bool(dask_address), eval_options=dict(policy.eval))
     return {"policy": policy.name, **todo, "result": result}

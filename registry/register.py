@@ -55,7 +55,9 @@ SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),  # a list of prompts
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
     params=ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("steps", "long", 25),
-                        ParamSpec("guidance", "double", 5.0)]),
+                        ParamSpec("guidance", "double", 5.0),
+                        # None: where the model was loaded (model_config, EDITFLOW_DEVICE/_DTYPE, else auto)
+                        ParamSpec("device", "string", None), ParamSpec("dtype", "string", None)]),
 )
 # What the served model imports besides mlflow (which MLflow pins itself) and editflow (which the
 # model carries as code): the distributions editflow's patch and pipeline modules import

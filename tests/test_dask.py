@@ -49,6 +49,7 @@ def test_dask_generation_matches_in_process(cluster, star_patch, tmp_path):
     assert spread.passed == local.passed
 
 
+@pytest.mark.slow  # ~130 s on 2 cores: the whole flow through a Dask cluster (CI runs it)
 def test_erase_flow_on_dask_through_prefect_dask(cluster, tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 

@@ -63,6 +63,7 @@ def bad(tmp_path_factory) -> Path:
     write("short-rows", {k: (v[:-1] if k.startswith("up.") else v) for k, v in t.items()})  # fits no layer
     write("bad-rank", {**t, up[0]: t[up[0]][:, :-1]})
     (d / "planted").mkdir()
+    (d / "bad-gates.yaml").write_text("default: {erasure_rate: {maximum: 0.1}}\n")
     return d
 
 
@@ -143,6 +144,11 @@ CASES = {
                            "p.safetensors"], 1, "named twice"),
     "duplicate-concept-case": (["erase", "--concept", "star", "--concept", "STAR", "--patch-only", "--out",
                                 "p.safetensors"], 1, "named twice"),
+    # inputs of later stages are read before the first one runs
+    "erase-bad-gates": (["erase", "--concept", "star", "--gates", "{bad}/bad-gates.yaml", "--out", "p.safetensors"],
+                        1, "bad-gates.yaml"),
+    "erase-bad-register-name": (["erase", "--concept", "star", "--register", "../../x", "--out", "p.safetensors"],
+                                1, "registered model name"),
     "apply-mode": (APPLY + ["{bad}/good.safetensors", "--mode", "sideways"], 2, "Invalid value for '--mode'"),
 }
 

@@ -21,12 +21,16 @@ from editflow.cli.common import (
     MAX_SAMPLER_STEPS,
     MAX_SCALE,
     MAX_SEED,
+    DeviceOpt,
+    DtypeOpt,
     EditflowGroup,
     ModelOpt,
+    OffloadOpt,
     bar,
     check_out,
     cli_errors,
     finite,
+    placement,
     quiet_libraries,
     save_image,
 )
@@ -70,11 +74,15 @@ def generate(
     cols: Annotated[int, typer.Option(min=1, help="Grid columns.")] = 8,
     scale: Annotated[int, typer.Option(min=1, max=MAX_SCALE, help="Upscale factor of the grid (nearest).")] = 1,
     allow_download: Annotated[bool, typer.Option(help="Let a hub id be fetched from the hub.")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = False,
 ):
     """Generate a seeded grid of images for one prompt."""
     from editflow.models.pipeline import GenerationConfig, load_pipeline, make_grid
     from editflow.models.pipeline import generate as run
 
+    place = placement(device, dtype, offload)
     if not prompt.strip():
         raise EditflowError("empty prompt")
     check_out(out, kind="image")
@@ -84,7 +92,8 @@ def generate(
 
         model, patch_file = resolve_model_uri(model)
         patch = Patch.load(patch_file)
-    pipe = load_pipeline(model, allow_download=allow_download)
+    pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload,
+                         allow_download=allow_download)
     if patch is not None:
         patch.apply(pipe)
     b = bar(n, "generate")
@@ -101,11 +110,14 @@ def info(
     model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     allow_download: Annotated[bool, typer.Option(help="Let a hub id be fetched from the hub.")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ):
     """Architecture summary: cross-attention layers found, text encoder sizes, latent shape."""
     from editflow.models.pipeline import describe, load_pipeline
 
-    d = describe(load_pipeline(model, allow_download=allow_download))
+    place = placement(device, dtype)
+    d = describe(load_pipeline(model, device=place.device, dtype=place.dtype, allow_download=allow_download))
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return

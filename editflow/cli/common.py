@@ -1,5 +1,5 @@
-"""Shared pieces of the CLI: the error reporter, output-path checks, bounds, stderr console and
-progress bars."""
+"""Shared pieces of the CLI: the error reporter, output-path checks, bounds, stderr console,
+progress bars and the ``--device`` / ``--dtype`` / ``--offload`` options."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import math
 import os
 import sys
 import tempfile
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,10 +19,62 @@ from typer.core import TyperGroup
 
 from editflow.errors import EditflowError
 
+if TYPE_CHECKING:
+    from editflow.models.device import Placement
+
 err = Console(stderr=True)
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Diffusers folder or hub id (local cache only). Default: the embedded model.")]
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def device_name(value: str | None) -> str | None:
+    """Typer callback for ``--device``: a name the resolver knows (the hardware is checked later, exit 1)."""
+    from editflow.models.device import check_placement
+
+    if value is None:
+        return None
+    try:
+        check_placement(value, None)
+    except EditflowError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value.strip().lower()
+
+
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", callback=device_name, metavar="auto|cpu|cuda|cuda:N|mps",
+    help="Where the model runs. auto: CUDA when available, else the CPU. Default: $EDITFLOW_DEVICE, else auto.")]
+DtypeOpt = Annotated[Dtype | None, typer.Option(
+    "--dtype", case_sensitive=False,
+    help="Precision of the model's weights and activations. auto: float16 on CUDA, float32 on the CPU "
+         "(bfloat16 also runs on the CPU). Default: $EDITFLOW_DTYPE, else auto.")]
+OffloadOpt = Annotated[bool, typer.Option(
+    "--offload", help="Keep the models on the CPU and move each to the GPU only while it runs (diffusers model "
+                      "CPU offload, accelerate): far less GPU memory, slower. Needs --device cuda (or mps).")]
+
+
+def placement(device: str | None, dtype: Dtype | str | None, offload: bool = False) -> Placement:
+    """Resolve ``--device`` / ``--dtype`` (and their environment variables) now, before any work: a device
+    this machine lacks, or ``--offload`` on the CPU, is a one-line error (exit 1)."""
+    from editflow.models.device import Placement
+    from editflow.models.pipeline import check_offload
+
+    place = Placement.resolve(device, dtype.value if isinstance(dtype, Dtype) else dtype)
+    if offload:
+        check_offload(place.device)
+    return place
+
+
+def dtype_name(dtype: Dtype | str | None) -> str | None:
+    """The plain string a job carries (JSON-able); ``None`` leaves it to ``$EDITFLOW_DTYPE`` / auto."""
+    return dtype.value if isinstance(dtype, Dtype) else dtype
 
 # Generous but sane bounds on sizes (Typer `max=`): beyond them a run would not finish, or not fit in memory.
 MAX_IMAGES = 10_000  # images drawn by one command (per row, per concept)

@@ -14,12 +14,17 @@ from editflow.cli.common import (
     MAX_SCALE,
     MAX_SEED,
     MAX_TRAIN_STEPS,
+    DeviceOpt,
+    DtypeOpt,
     ModelOpt,
+    OffloadOpt,
     bar,
     check_out,
     cli_errors,
+    dtype_name,
     err,
     finite,
+    placement,
     save_image,
 )
 from editflow.errors import EditflowError
@@ -153,6 +158,9 @@ def erase(
         min=1, max=MAX_TRAIN_STEPS, help="Flow: gradient steps of the evaluation's concept-inversion attack.")] = 150,
     attack_restarts: Annotated[int, typer.Option(
         min=1, max=100, help="Flow: attack tries per concept; the best one counts.")] = 3,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = False,
 ):
     """Erase concepts and ship the patch: the flow erase -> evaluate -> gates -> register (Prefect, MLflow).
 
@@ -170,6 +178,8 @@ def erase(
     from editflow.inversion.tokens import check_token_name
     from editflow.models.pipeline import load_pipeline
 
+    # the flow's tasks on a Dask cluster resolve the device where they run; otherwise resolve it here, first
+    place = None if dask_address and not patch_only and model is None else placement(device, dtype, offload)
     check_out(out)
     if not patch_only and model is None:  # the flow writes its report next to the patch
         check_out(out.with_name(out.stem + "-eval"), "--out (report folder)", kind="dir")
@@ -195,14 +205,17 @@ def erase(
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
                    finetune=tuning,
-                   images=str(images) if images is not None else None, image_token=token)
+                   images=str(images) if images is not None else None, image_token=token,
+                   device=device, dtype=dtype_name(dtype), offload=offload)
     job.validate()
     if model is not None and register is not None and not patch_only:
         raise EditflowError("registering a real model's patch needs a judge: write it with --patch-only, run "
                             "`editflow eval --model ... --evaluator ...`, then `editflow registry add`")
     if not patch_only and model is None:
+        from editflow.evaluation.gates import Gates
         from editflow.plugins import run_flow
 
+        Gates.load(gates)  # read and check the gates before the first stage, not after the erase
         register = register or "erase-" + "-".join(w.strip().replace(" ", "_") for w in words)
         result = run_flow("erase", job=job, out=str(out), name=register, gates=str(gates) if gates else None,
                           images=eval_images, dask_address=dask_address,
@@ -211,7 +224,7 @@ def erase(
         if not result["passed"]:
             raise typer.Exit(3)
         return
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
     req = build_request(job)
     b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
          else bar(prompt_count(req), f"{method.value}: encode"))
@@ -236,17 +249,18 @@ def erase(
     if job.images_only:
         check = False  # the world's detector has no class for a token
     if check and model is None:
-        summary["detection"] = _before_after(pipe, patch, [c.name for c in req.concepts], req.preserve, check_images)
+        summary["detection"] = _before_after(pipe, patch, [c.name for c in req.concepts], req.preserve, check_images,
+                                             place.device)
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _before_after(pipe, patch, erased: list[str], kept: list[str], n: int) -> dict:
+def _before_after(pipe, patch, erased: list[str], kept: list[str], n: int, device) -> dict:
     from editflow.evaluation.detection import detection_rates, detection_set
     from editflow.models.evaluator import Evaluator
     from editflow.models.pipeline import embedded_dir
     from editflow.world import DEFAULT_WORLD
 
-    judge = Evaluator.from_dir(embedded_dir() / "evaluator")
+    judge = Evaluator.from_dir(embedded_dir() / "evaluator", device=device)  # the judge runs next to the model
     family = DEFAULT_WORLD.concept(erased[0]).family
     kept = [k for k in kept if DEFAULT_WORLD.concept(k).family == family]  # the quick check: neighbours only
     dset = detection_set(DEFAULT_WORLD, erased + kept, n)
@@ -274,16 +288,20 @@ def apply_patch(
     mode: Annotated[Mode, typer.Option(
         case_sensitive=False, help="auto (gated if the patch has a gate), merge or gated.")] = Mode.auto,
     scale: Annotated[int, typer.Option(min=1, max=MAX_SCALE, help="Upscale factor of the grid (nearest).")] = 1,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = False,
 ):
     """Apply a patch to a model and write original vs patched images (same seeds)."""
     from editflow.edits import Patch
     from editflow.models.pipeline import generate, load_pipeline, make_grid
 
+    place = placement(device, dtype, offload)
     if not prompt.strip():
         raise EditflowError("empty prompt")
     check_out(out, kind="image")
     p = Patch.load(patch)
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
     seeds = [seed + i for i in range(n)]
     p.check(pipe.unet, mode.value)  # a patch that does not fit this model fails before anything is drawn
     before = generate(pipe, [prompt] * n, seeds)

@@ -12,12 +12,17 @@ from editflow.cli.common import (
     MAX_IMAGES,
     MAX_SAMPLER_STEPS,
     MAX_TRAIN_STEPS,
+    DeviceOpt,
+    DtypeOpt,
     ModelOpt,
+    OffloadOpt,
     bar,
     check_out,
     cli_errors,
+    dtype_name,
     err,
     finite,
+    placement,
 )
 from editflow.errors import EditflowError
 
@@ -81,6 +86,9 @@ def evaluate_cmd(
         min=1, max=MAX_TRAIN_STEPS, help="Gradient steps of the inversion attack.")] = 150,
     attack_restarts: Annotated[int, typer.Option(
         min=1, max=100, help="Attack tries per concept (new seed and start each); the best one counts.")] = 3,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = False,
 ):
     """Evaluate an erasure: erasure rate, leakage, specificity, CLIP score, drift; judge the gates.
 
@@ -88,6 +96,7 @@ def evaluate_cmd(
     """
     from editflow.evaluation.run import EvalJob, run_eval
 
+    placement(device, dtype, offload)  # a device this machine lacks fails now, not after the prompts are built
     if family is not None:
         _check_family(family, gates)
     if out is not None:
@@ -99,7 +108,7 @@ def evaluate_cmd(
                   str(leakage_prompts) if leakage_prompts else None,
                   str(preserve_prompts) if preserve_prompts else None, evaluator, steps, guidance,
                   str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None, attack, attack_steps,
-                  attack_restarts, preserve_images)
+                  attack_restarts, preserve_images, device=device, dtype=dtype_name(dtype), offload=offload)
     outcome = run_eval(job, progress_factory=bar)
     path, report, result = outcome.report_dir, outcome.gates, outcome.result
     if as_json:

@@ -13,11 +13,14 @@ from editflow.cli.common import (
     MAX_IMAGES,
     MAX_SEED,
     MAX_TRAIN_STEPS,
+    DeviceOpt,
+    DtypeOpt,
     ModelOpt,
     bar,
     check_out,
     cli_errors,
     finite,
+    placement,
     save_image,
 )
 from editflow.errors import EditflowError
@@ -48,6 +51,8 @@ def invert_cmd(
     preview: Annotated[Path | None, typer.Option(
         help="Also write a grid: 8 images drawn with the learned token ('a picture of a TOKEN').")] = None,
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ):
     """Learn TOKEN from images of a concept; the text encoder and UNet stay frozen.
 
@@ -59,6 +64,7 @@ def invert_cmd(
     from editflow.inversion.tokens import check_token_name
     from editflow.models.pipeline import generate, load_pipeline, make_grid
 
+    place = placement(device, dtype)
     check_token_name(token, "--token")
     if (images is None) == (prompt is None):
         raise EditflowError("give the concept as --images DIR or as --prompt TEXT (one of them)")
@@ -66,7 +72,7 @@ def invert_cmd(
         raise EditflowError("empty prompt")
     check_out(out)
     check_out(preview, "--preview", kind="image")
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device=place.device, dtype=place.dtype)
     p = Patch.load(patch) if patch is not None else None
     if images is not None:
         shown = load_images(images)

@@ -14,11 +14,15 @@ from editflow.cli.common import (
     MAX_SCALE,
     MAX_SEED,
     MAX_TRAIN_STEPS,
+    DeviceOpt,
+    DtypeOpt,
     ModelOpt,
+    OffloadOpt,
     bar,
     check_out,
     cli_errors,
     finite,
+    placement,
     save_image,
 )
 from editflow.errors import EditflowError
@@ -64,7 +68,8 @@ def world_train(
     """Train the embedded model and evaluator, seeded and resumable (re-run to continue).
 
     Checkpoints in --work-dir hold tensors and plain values only (loaded weights-only: a file
-    that needs unpickling of code is refused).
+    that needs unpickling of code is refused). Training runs on the CPU in float32 (--threads
+    sets its threads); it takes no --device or --dtype.
     """
     import torch
 
@@ -97,6 +102,9 @@ def world_check(
     guidance: Annotated[float, typer.Option(min=0.0, callback=finite, help="Classifier-free guidance scale.")] = 5.0,
     skip_generator: Annotated[bool, typer.Option(help="Only measure the evaluator.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = False,
 ):
     """Evaluator accuracy on rendered images and generator fidelity, per concept family."""
     from editflow.evaluation.world_check import evaluator_accuracy, generator_fidelity
@@ -104,11 +112,12 @@ def world_check(
     from editflow.models.pipeline import GenerationConfig, embedded_dir, load_pipeline
     from editflow.world import DEFAULT_WORLD
 
-    judge = Evaluator.from_dir(evaluator or embedded_dir() / "evaluator")
+    place = placement(device, dtype, offload)
+    judge = Evaluator.from_dir(evaluator or embedded_dir() / "evaluator", place.device)  # float32 anywhere
     accuracy = evaluator_accuracy(judge, DEFAULT_WORLD, eval_per_class)
     report: dict = {"evaluator": {f: s.to_dict() for f, s in accuracy.items()}}
     if not skip_generator:
-        pipe = load_pipeline(model)
+        pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
         n = per_class * sum(1 for f in ("object", "style", "identity")
                             for c in DEFAULT_WORLD.family(f) if "null" not in c.tags)
         b = bar(n, "generate")

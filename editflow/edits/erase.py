@@ -38,6 +38,11 @@ class EraseJob:
     finetune: dict = field(default_factory=dict)  # fields of FinetuneConfig (mode, steps, ...); {}: none
     images: str | None = None  # folder of images of the concept: inverted into a token that joins its words
     image_token: str | None = None  # name of that token (default <CONCEPT-images>)
+    # where the model runs, as names (JSON-able), resolved where it is loaded (a Dask worker resolves its own);
+    # None: $EDITFLOW_DEVICE / $EDITFLOW_DTYPE, else auto (editflow.models.device)
+    device: str | None = None  # auto, cpu, cuda, cuda:N, mps
+    dtype: str | None = None  # auto, float32, float16, bfloat16
+    offload: bool = False  # diffusers model CPU offload (an accelerator device only)
 
     def validate(self) -> None:
         if not self.concepts:
@@ -124,6 +129,7 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     from editflow.edits.streaming import PreserveCache
     from editflow.finetune import FinetuneMode, finetune
     from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
+    from editflow.models.device import Placement
     from editflow.models.pipeline import load_pipeline
 
     job.validate()
@@ -132,7 +138,9 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     ft = finetune_config(job, request)
     if ft.mode is FinetuneMode.minmax and getattr(config, "gated", False):
         config = replace(config, gated=False)  # minmax trains over the ungated closed form (finetune.minmax)
-    pipe = pipe if pipe is not None else load_pipeline(job.model)
+    if pipe is None:
+        place = Placement.resolve(job.device, job.dtype)
+        pipe = load_pipeline(job.model, device=place.device, dtype=place.dtype, offload=job.offload)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None
     method = get_method(job.method)
     t0 = time.perf_counter()

@@ -149,7 +149,11 @@ class Gates:
     @classmethod
     def load(cls, path: str | Path | None = None) -> Gates:
         path = Path(path) if path is not None else default_gates_file()
-        return cls.from_dict(read_yaml(path, "gates"), str(path))
+        try:
+            return cls.from_dict(read_yaml(path, "gates"), str(path))
+        except EditflowError as exc:
+            message = str(exc)
+            raise EditflowError(message if str(path) in message else f"{path}: {message}") from None
 
     def to_dict(self) -> dict:
         """The gates as data; ``Gates.from_dict(g.to_dict())`` judges exactly as ``g`` does."""

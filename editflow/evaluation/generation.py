@@ -55,24 +55,31 @@ class ModelShardRunner:
     """Generates a shard with a model it loads itself: what a remote worker (Dask) runs.
 
     Picklable (it holds names, not weights); each worker process loads the model, and the patch if
-    one is named, once (:func:`_loaded`) and reuses it for every shard it is given.
+    one is named, once (:func:`_loaded`) and reuses it for every shard it is given. ``device`` and
+    ``dtype`` are names resolved on the worker (``None``: its ``EDITFLOW_DEVICE`` / ``EDITFLOW_DTYPE``,
+    else auto), so a GPU worker draws on its GPU whatever machine sent the shard.
     """
 
-    def __init__(self, model: str | None, patch: str | None, config: GenerationConfig):
+    def __init__(self, model: str | None, patch: str | None, config: GenerationConfig,
+                 device: str | None = None, dtype: str | None = None, offload: bool = False):
         self.model, self.patch, self.config = model, patch, config
+        self.device, self.dtype, self.offload = device, dtype, offload
 
     def __call__(self, shard: Shard) -> list[Image.Image]:
-        pipe = _loaded(self.model, self.patch)
+        pipe = _loaded(self.model, self.patch, self.device, self.dtype, self.offload)
         return generate(pipe, list(shard.prompts), list(shard.seeds), self.config)
 
 
 @functools.lru_cache(maxsize=2)
-def _loaded(model: str | None, patch: str | None):
-    """Per-process memo of (model, patch) -> pipeline with the patch applied (workers reuse it)."""
+def _loaded(model: str | None, patch: str | None, device: str | None = None, dtype: str | None = None,
+            offload: bool = False):
+    """Per-process memo of (model, patch, placement) -> pipeline with the patch applied (workers reuse it)."""
     from editflow.edits import Patch
+    from editflow.models.device import Placement
     from editflow.models.pipeline import load_pipeline
 
-    pipe = load_pipeline(model)
+    place = Placement.resolve(device, dtype)
+    pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
     if patch is not None:
         Patch.load(patch).apply(pipe)  # stays applied for this worker's copy
     return pipe
@@ -85,7 +92,9 @@ def generate_sharded(run: Callable[[Shard], list[Image.Image]], shards: list[Sha
 
 
 def model_fingerprint(pipe) -> str:
-    """sha256 over every weight of the pipeline's modules and its scheduler config.
+    """sha256 over every weight of the pipeline's modules, its scheduler config, and where it runs
+    (device type and dtype: the same weights draw slightly different images on another device or in
+    another precision).
 
     Anything that changes what the model generates changes the key; a patch applied in
     ``merge`` mode changes it too, so fingerprint the base *before* applying one.
@@ -98,6 +107,8 @@ def model_fingerprint(pipe) -> str:
                 h.update(key.encode())
                 h.update(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     h.update(json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str).encode())
+    device = torch.device(getattr(pipe, "_execution_device", pipe.device))
+    h.update(f"placement:{device.type}:{pipe.dtype}".encode())
     return h.hexdigest()
 
 

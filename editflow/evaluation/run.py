@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editflow.errors import EditflowError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -34,6 +38,11 @@ class EvalJob:
     attack_steps: int = 150
     attack_restarts: int = 3
     preserve_images: int | None = None  # per preserved concept; None: a quarter of images (distant: a sixth)
+    # where the model (and the judge) run, as names, resolved where they are loaded (Dask workers resolve
+    # their own); None: $EDITFLOW_DEVICE / $EDITFLOW_DTYPE, else auto (editflow.models.device)
+    device: str | None = None
+    dtype: str | None = None  # of the generator; the judge stays float32
+    offload: bool = False  # diffusers model CPU offload (an accelerator device only)
 
 
 @dataclass
@@ -47,7 +56,7 @@ class EvalOutcome:
         return self.gates.passed
 
 
-def load_evaluator(spec: str | None, real: bool):
+def load_evaluator(spec: str | None, real: bool, device: str | torch.device = "cpu"):
     from editflow.models.evaluator import Evaluator
     from editflow.models.pipeline import embedded_dir
 
@@ -55,13 +64,13 @@ def load_evaluator(spec: str | None, real: bool):
         if real:
             raise EditflowError("a real model needs --evaluator: a local open_clip folder or NAME:WEIGHTS "
                                 "(e.g. ViT-L-14:/models/open_clip_vit_l14.bin)")
-        return Evaluator.from_dir(embedded_dir() / "evaluator")
+        return Evaluator.from_dir(embedded_dir() / "evaluator", device)
     if Path(spec).is_dir():
-        return Evaluator.from_dir(spec)
+        return Evaluator.from_dir(spec, device)
     name, sep, weights = spec.partition(":")
     if not sep:
         raise EditflowError(f"--evaluator {spec!r} is neither a folder nor NAME:WEIGHTS")
-    return Evaluator.from_checkpoint(name, weights)
+    return Evaluator.from_checkpoint(name, weights, device)
 
 
 def _concepts(patch, concept: list[str]) -> list[str]:
@@ -107,10 +116,12 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
     from editflow.evaluation.generation import ImageCache
     from editflow.evaluation.prompts import world_prompt_set
     from editflow.evaluation.report import sha256_file, write_report
+    from editflow.models.device import Placement
     from editflow.models.pipeline import GenerationConfig, load_pipeline
     from editflow.world import DEFAULT_WORLD
 
     patch, concept, model, family, images = job.patch, job.concepts, job.model, job.family, job.images
+    place = Placement.resolve(job.device, job.dtype)  # a missing device fails before anything is loaded
     patch_sha256 = sha256_file(patch) if patch is not None and Path(patch).is_file() else None
     p = Patch.load(patch) if patch is not None else None
     names = _concepts(p, concept)
@@ -125,8 +136,9 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
                 raise EditflowError(f"concepts of several families {sorted(fams)}: evaluate one family at a time")
             family = fams.pop()
     family = family or "object"
-    judge = load_evaluator(job.evaluator, real)
-    pipe = pipe if pipe is not None else load_pipeline(model)
+    judge = load_evaluator(job.evaluator, real, place.device)
+    pipe = pipe if pipe is not None else load_pipeline(model, device=place.device, dtype=place.dtype,
+                                                       offload=job.offload)
     if p is not None:
         p.check_base(pipe.unet)  # wrong base: refuse before generating anything
     meta = p.metadata if p is not None else {}
@@ -151,7 +163,8 @@ def run_eval(job: EvalJob, pipe=None, map_fn: Callable[[Callable, Iterable], Ite
     if remote:
         from editflow.evaluation.generation import ModelShardRunner
 
-        runners = (ModelShardRunner(model, None, gen), ModelShardRunner(model, patch, gen))
+        where = {"device": job.device, "dtype": job.dtype, "offload": job.offload}  # names: workers resolve them
+        runners = (ModelShardRunner(model, None, gen, **where), ModelShardRunner(model, patch, gen, **where))
     result = evaluate(pipe, pset, detector, judge, p, gen, store, map_fn=map_fn, progress=b.update if b else None,
                       runners=runners)
     if b is not None:

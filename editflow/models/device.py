@@ -9,6 +9,7 @@ use to exercise reduced precision). Asking for a device that is not there is a o
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from editflow.errors import EditflowError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICE_ENV, DTYPE_ENV = "EDITFLOW_DEVICE", "EDITFLOW_DTYPE"
+DEVICE_SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def resolve_device(spec: str | None = None) -> torch.device:
@@ -51,6 +53,17 @@ def resolve_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     if spec not in DTYPES:
         raise EditflowError(f"unknown dtype {spec!r}; valid: auto, {', '.join(DTYPES)}")
     return DTYPES[spec]
+
+
+def check_placement(device: str | None, dtype: str | None, where: str = "") -> None:
+    """Refuse a device or dtype *name* that :func:`~editflow.models.device.Placement.resolve` would not
+    know, without looking at the hardware (a policy or job may be checked on another machine than the
+    one that runs it). ``None`` is fine: ``EDITFLOW_DEVICE`` / ``EDITFLOW_DTYPE``, else ``auto``."""
+    prefix = f"{where}: " if where else ""
+    if device is not None and (not isinstance(device, str) or not DEVICE_SPEC.match(device.strip().lower())):
+        raise EditflowError(f"{prefix}unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    if dtype is not None and (not isinstance(dtype, str) or dtype.strip().lower() not in ("auto", *DTYPES)):
+        raise EditflowError(f"{prefix}unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)

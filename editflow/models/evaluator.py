@@ -10,6 +10,7 @@ CLIP score follows Hessel et al., "CLIPScore" (EMNLP 2021): ``100 * max(cos(E_im
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -46,17 +47,26 @@ def preprocess_config(image_size: int = 32) -> dict:
 class Evaluator:
     """CLIP score and zero-shot detection with an open_clip model.
 
-    ``images`` everywhere are PIL images or a float tensor ``(N, 3, H, W)`` in ``[-1, 1]``.
+    ``images`` everywhere are PIL images or a float tensor ``(N, 3, H, W)`` in ``[-1, 1]`` (on
+    any device). The model runs on ``device`` in float32 (the judge is small next to the
+    generator; on CUDA its matmuls run under float16 autocast); features, scores and
+    probabilities come back as float32 tensors on the CPU, wherever the model ran.
     """
 
     def __init__(self, model, tokenizer, image_size: int, mean, std, device: str | torch.device = "cpu"):
-        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device, torch.float32)
         self.tokenizer = tokenizer
         self.image_size = image_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
-        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._text_cache: dict[str, torch.Tensor] = {}
+
+    def _autocast(self):
+        """float16 autocast on CUDA; nothing elsewhere (the CPU runs the judge in float32)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", torch.float16)
+        return contextlib.nullcontext()
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str | torch.device = "cpu") -> Evaluator:
@@ -89,24 +99,25 @@ class Evaluator:
         if not isinstance(images, torch.Tensor):
             arr = np.stack([np.asarray(im.convert("RGB"), np.float32) for im in images]) / 127.5 - 1.0
             images = torch.from_numpy(arr).permute(0, 3, 1, 2)
-        x = (images.float() + 1) / 2
+        x = (images.detach().to("cpu", torch.float32) + 1) / 2
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
                               antialias=True, align_corners=False).clamp(0, 1)
-        return ((x - self.mean) / self.std).to(self.device)
+        return (x - self.mean) / self.std
 
     def image_features(self, images, batch: int = 256) -> torch.Tensor:
         x = self._prepare(images)
-        with torch.no_grad():
-            feats = [self.model.encode_image(x[i:i + batch]) for i in range(0, len(x), batch)]
-        return F.normalize(torch.cat(feats).float(), dim=-1)
+        with torch.no_grad(), self._autocast():
+            feats = [self.model.encode_image(x[i:i + batch].to(self.device)).float().cpu()
+                     for i in range(0, len(x), batch)]
+        return F.normalize(torch.cat(feats), dim=-1)
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 tokens = self.tokenizer(missing).to(self.device)
-                feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+                feats = F.normalize(self.model.encode_text(tokens).float().cpu(), dim=-1)
             self._text_cache.update(zip(missing, feats))
         return torch.stack([self._text_cache[t] for t in texts])
 
@@ -120,9 +131,9 @@ class Evaluator:
 
     def classify(self, images, class_prompts: list[str]) -> torch.Tensor:
         """Zero-shot class probabilities ``(N, len(class_prompts))``."""
-        scale = self.model.logit_scale.exp().float()
+        scale = self.model.logit_scale.exp().float().cpu()
         logits = scale * self.image_features(images) @ self.text_features(class_prompts).T
-        return logits.softmax(-1).cpu()
+        return logits.softmax(-1)
 
     def detect(self, images, spec: WorldSpec, family: str) -> list[str]:
         """Zero-shot label of each image within a concept family of the embedded world."""

@@ -3,11 +3,18 @@ generating seeded image batches with them.
 
 The embedded model is a plain diffusers ``StableDiffusionPipeline`` folder, so the code that
 serves it serves real SD 1.x/2.x/SDXL checkpoints too.
+
+Where a pipeline runs is the caller's choice (``device``, ``dtype``: see
+:mod:`editflow.models.device`; ``offload``: diffusers' model CPU offload). Generation keeps its
+random generators on the CPU, so a seeded image is the same noise on any device; it halves the
+batch when the accelerator runs out of memory, and decodes latents one image (or one tile) at a
+time when the images are large.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -21,6 +28,9 @@ from editflow.errors import EditflowError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TILE_SIZE = 1024  # images this wide or tall are decoded tile by tile (VAE tiling)
+SLICE_PIXELS = 8 * 512 * 512  # a batch with this many pixels is decoded one image at a time (VAE slicing)
+log = logging.getLogger(__name__)
 
 
 def embedded_dir() -> Path:
@@ -28,36 +38,48 @@ def embedded_dir() -> Path:
     return ASSETS
 
 
+def check_offload(device: torch.device) -> None:
+    """Model CPU offload moves each model to an accelerator while it runs: refuse it on the CPU."""
+    if torch.device(device).type == "cpu":
+        raise EditflowError("--offload keeps the models on the CPU and moves each to the GPU while it runs; "
+                            "it needs --device cuda (or mps), and this run is on the CPU")
+
+
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, allow_download: bool = False) -> DiffusionPipeline:
-    """Load a diffusers text-to-image pipeline.
+                  dtype: torch.dtype = torch.float32, offload: bool = False,
+                  allow_download: bool = False) -> DiffusionPipeline:
+    """Load a diffusers text-to-image pipeline onto ``device`` in ``dtype``.
 
     ``model`` is ``None`` (the embedded model), a local diffusers folder, or a hub id. A hub id
     is resolved from the local Hugging Face cache only, unless ``allow_download`` is set.
+    ``offload``: diffusers' ``enable_model_cpu_offload`` (accelerate): the models stay on the CPU
+    and each moves to ``device`` (an accelerator) only while it runs; slower, far less GPU memory.
     """
+    if offload:
+        check_offload(device)
     if model is None:
         path = embedded_dir() / "pipeline"
         if not (path / "model_index.json").is_file():
             raise EditflowError(f"embedded model weights are missing at {path}; run `editflow world train`")
-        return _from_pretrained(str(path), device, dtype, local_only=True)
+        return _from_pretrained(str(path), device, dtype, offload, local_only=True)
     model = str(model)
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise EditflowError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
-        return _from_pretrained(str(path), device, dtype, local_only=True)
+        return _from_pretrained(str(path), device, dtype, offload, local_only=True)
     if model.startswith("models:/"):
         raise EditflowError(f"registry model URIs ({model}) need the registry; not available yet")
     if not HUB_ID.match(model):
         raise EditflowError(f"model not found: {model} (not a folder, not a hub id)")
     try:
-        return _from_pretrained(model, device, dtype, local_only=not allow_download)
+        return _from_pretrained(model, device, dtype, offload, local_only=not allow_download)
     except OSError as exc:
         hint = "" if allow_download else " (only the local cache is used; pass --allow-download to fetch it)"
         raise EditflowError(f"cannot load {model}{hint}: {str(exc).splitlines()[0]}") from None
 
 
-def _from_pretrained(source: str, device, dtype, local_only: bool) -> DiffusionPipeline:
+def _from_pretrained(source: str, device, dtype, offload: bool, local_only: bool) -> DiffusionPipeline:
     kwargs: dict = {"local_files_only": local_only, "dtype": dtype}
     index = Path(source) / "model_index.json"
     if index.is_file():
@@ -70,6 +92,15 @@ def _from_pretrained(source: str, device, dtype, local_only: bool) -> DiffusionP
             kwargs["requires_safety_checker"] = False
     pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
+    return place(pipe, device, offload)
+
+
+def place(pipe: DiffusionPipeline, device: str | torch.device, offload: bool = False) -> DiffusionPipeline:
+    """Move ``pipe`` to ``device``, or with ``offload`` let accelerate move each model there while it runs."""
+    if offload:
+        check_offload(device)
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
     return pipe.to(device)
 
 
@@ -84,8 +115,13 @@ class GenerationConfig:
 
 def generate(pipe: DiffusionPipeline, prompts: list[str], seeds: list[int],
              config: GenerationConfig | None = None, progress=None) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, batched; each image has its own seeded generator, so
-    an image depends only on its prompt and seed, not on the batch it was drawn in."""
+    """One image per (prompt, seed) pair, batched; each image has its own seeded generator (on the
+    CPU), so an image depends only on its prompt and seed, not on the batch it was drawn in.
+
+    When the accelerator runs out of memory the batch is halved and the chunk drawn again (said
+    once, as a warning on the ``editflow.models.pipeline`` logger), down to one image at a time;
+    the batch that fitted is remembered on the pipeline (``editflow_batch_limit``) for later calls.
+    Large images turn on the VAE's slicing and tiling (:func:`memory_savers`)."""
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     if any(not isinstance(p, str) for p in prompts):
@@ -101,17 +137,70 @@ def generate(pipe: DiffusionPipeline, prompts: list[str], seeds: list[int],
     if config.steps < 1 or config.batch < 1 or not math.isfinite(config.guidance):
         raise EditflowError(f"sampler settings out of range: steps {config.steps}, batch {config.batch}, "
                             f"guidance {config.guidance}")
+    batch = min(config.batch, getattr(pipe, "editflow_batch_limit", config.batch))
+    memory_savers(pipe, batch)
     out: list[Image.Image] = []
-    for i in range(0, len(prompts), config.batch):
-        chunk, chunk_seeds = prompts[i:i + config.batch], seeds[i:i + config.batch]
+    while len(out) < len(prompts):
+        i = len(out)
+        chunk, chunk_seeds = prompts[i:i + batch], seeds[i:i + batch]
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in chunk_seeds]
-        with torch.no_grad():
-            images = pipe(chunk, num_inference_steps=config.steps, guidance_scale=config.guidance,
-                          generator=gens, output_type="pil").images
+        try:
+            with torch.no_grad():
+                images = pipe(chunk, num_inference_steps=config.steps, guidance_scale=config.guidance,
+                              generator=gens, output_type="pil").images
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not is_out_of_memory(exc):
+                raise
+            images = None  # handled below, once the exception (and the batch's tensors) are let go
+        if images is None:
+            where = getattr(pipe, "_execution_device", pipe.device)
+            _free_accelerator_memory()
+            if len(chunk) == 1:
+                raise EditflowError(f"out of memory on {where} even for one image at a time; try --offload, "
+                                    "--dtype float16 or --device cpu")
+            if not hasattr(pipe, "editflow_batch_limit"):
+                log.warning(f"out of memory on {where} at batch {len(chunk)}: drawing smaller batches")
+            batch = len(chunk) // 2
+            pipe.editflow_batch_limit = batch
+            continue
         out.extend(images)
         if progress is not None:
             progress(len(chunk))
     return out
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's ``OutOfMemoryError``, or MPS's out-of-memory ``RuntimeError``."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "MPS backend out of memory" in str(exc))
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def memory_savers(pipe: DiffusionPipeline, batch: int) -> None:
+    """Decode latents one image at a time (VAE slicing) when a batch holds many pixels
+    (:data:`SLICE_PIXELS`), and one image at a time and tile by tile (VAE tiling) when an image is
+    :data:`TILE_SIZE` px or larger. Small images are left alone
+    (slicing would only slow them; tiling changes the image slightly at the seams)."""
+    vae = getattr(pipe, "vae", None)
+    unet = getattr(pipe, "unet", None)
+    if vae is None or unet is None:
+        return
+    size = unet.config.sample_size
+    size = max(size) if isinstance(size, (list, tuple)) else size
+    size *= getattr(pipe, "vae_scale_factor", None) or 1
+    large = size >= TILE_SIZE
+    if (large or batch * size * size >= SLICE_PIXELS) and hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+    if large and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
 
 
 def make_grid(images: list[Image.Image], cols: int, scale: int = 1) -> Image.Image:
@@ -129,7 +218,7 @@ def make_grid(images: list[Image.Image], cols: int, scale: int = 1) -> Image.Ima
 
 
 def describe(pipe: DiffusionPipeline) -> dict:
-    """Architecture summary: class, parameter counts, text dims, cross-attention layers."""
+    """Architecture summary: class, parameter counts, text dims, cross-attention layers, placement."""
     unet = pipe.unet
     cross = [name for name, m in unet.named_modules()
              if getattr(m, "is_cross_attention", False) and hasattr(m, "to_k")]
@@ -148,4 +237,6 @@ def describe(pipe: DiffusionPipeline) -> dict:
         "image_size": unet.config.sample_size * (getattr(pipe, "vae_scale_factor", None) or 1),
         "scheduler": type(pipe.scheduler).__name__,
         "prediction_type": pipe.scheduler.config.get("prediction_type"),
+        "device": str(getattr(pipe, "_execution_device", pipe.device)),
+        "dtype": str(unet.dtype).removeprefix("torch."),
     }
