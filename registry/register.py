@@ -313,6 +313,15 @@ def stage_code(dst: Path, base: str) -> Path:
     return Path(shutil.copytree(src, dst / "editflow", ignore=ignore))
 
 
+def tree_sha256(folder: Path) -> str:
+    """sha256 over the relative paths and bytes of every file below ``folder`` (sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _log_model(client, experiment_id: str, run_id: str, name: str, save):
     """Log a model to the run through the client: a LoggedModel, ``save(path, mlflow_model)``
     writing its files, uploaded and marked ready. Returns the LoggedModel."""
@@ -332,16 +341,24 @@ def _log_model(client, experiment_id: str, run_id: str, name: str, save):
     return model
 
 
-def _log_pyfunc(client, experiment_id: str, run_id: str, patch_path: Path, base: str):
+def _log_pyfunc(client, experiment_id: str, run_id: str, patch_path: Path, base: str) -> tuple[object, dict]:
+    """The pyfunc model, and the pin of the editflow code it carries: ``{"editflow.code_version",
+    "editflow.code_sha256"}`` (also in its ``model_config``), for the version's tags."""
+    import editflow
+
+    pin: dict[str, str] = {}
+
     def save(path: str, mlflow_model: Model) -> None:
         with tempfile.TemporaryDirectory(prefix="editflow-code-") as code, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about type hints / input examples
+            staged = stage_code(Path(code), base)
+            pin.update({"editflow.code_version": editflow.__version__, "editflow.code_sha256": tree_sha256(staged)})
             mlflow.pyfunc.save_model(path, python_model=str(MODEL_CODE), artifacts={"patch": str(patch_path)},
-                                     model_config={"base": base}, signature=SIGNATURE,
+                                     model_config={"base": base, **pin}, signature=SIGNATURE,
                                      pip_requirements=serve_requirements(),
-                                     code_paths=[str(stage_code(Path(code), base))], mlflow_model=mlflow_model)
+                                     code_paths=[str(staged)], mlflow_model=mlflow_model)
 
-    return _log_model(client, experiment_id, run_id, "model", save)
+    return _log_model(client, experiment_id, run_id, "model", save), pin
 
 
 def _log_lora(client, experiment_id: str, run_id: str, patch, base: str) -> str | None:
@@ -429,7 +446,8 @@ def register_patch(patch_path: str | Path, report_dir: str | Path, name: str, st
         if not ev.passed:
             status = "FINISHED"
             return Registration(run_id, name, False)
-        model = _log_pyfunc(client, experiment, run_id, patch_path, base)
+        model, pin = _log_pyfunc(client, experiment, run_id, patch_path, base)
+        tags.update(pin)  # the editflow code the served model carries: version and content hash
         lora_uri = _log_lora(client, experiment, run_id, ev.patch, base)
         if lora_uri:
             tags["editflow.lora_model_uri"] = lora_uri

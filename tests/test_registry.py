@@ -296,6 +296,14 @@ def test_the_served_model_carries_editflow_and_pins_its_requirements(evaluated, 
     code = model_dir / "code" / "editflow"
     assert (code / "__init__.py").is_file() and (code / "assets/embedded/pipeline/model_index.json").is_file()
     assert not (code / "assets/embedded/evaluator").exists() and not list(code.rglob("__pycache__"))
+    # ... pinned: the version says which editflow it carries and the hash of exactly these files
+    import editflow
+    from registry.register import tree_sha256
+
+    assert mv.tags["editflow.code_version"] == editflow.__version__
+    assert mv.tags["editflow.code_sha256"] == tree_sha256(code)
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["config"]["editflow.code_sha256"] == tree_sha256(code)
     # a process that cannot import the installed editflow loads the model and generates with its copy
     script = textwrap.dedent("""
         import sys
