@@ -27,14 +27,13 @@ from editflow.cli.common import (
     ModelOpt,
     OffloadOpt,
     bar,
-    check_out,
     cli_errors,
+    drawing,
     finite,
     placement,
     quiet_libraries,
     save_image,
 )
-from editflow.errors import EditflowError
 from editflow.plugins import is_model_uri, resolve_model_uri
 
 app = typer.Typer(
@@ -82,10 +81,7 @@ def generate(
     from editflow.models.pipeline import GenerationConfig, load_pipeline, make_grid
     from editflow.models.pipeline import generate as run
 
-    place = placement(device, dtype, offload)
-    if not prompt.strip():
-        raise EditflowError("empty prompt")
-    check_out(out, kind="image")
+    place = drawing(prompt, out, device, dtype, offload)
     patch = None
     if is_model_uri(model):  # a registered patch: its base, with the patch applied
         from editflow.edits import Patch

@@ -72,6 +72,16 @@ def placement(device: str | None, dtype: Dtype | str | None, offload: bool = Fal
     return place
 
 
+def drawing(prompt: str, out, device: str | None, dtype: Dtype | str | None, offload: bool = False) -> Placement:
+    """The checks of a command that draws one prompt into an image file, before any work: where it
+    runs (:func:`placement`), a prompt that says something, an image path that can be written."""
+    place = placement(device, dtype, offload)
+    if not prompt.strip():
+        raise EditflowError("empty prompt")
+    check_out(out, kind="image")
+    return place
+
+
 def dtype_name(dtype: Dtype | str | None) -> str | None:
     """The plain string a job carries (JSON-able); ``None`` leaves it to ``$EDITFLOW_DTYPE`` / auto."""
     return dtype.value if isinstance(dtype, Dtype) else dtype

@@ -21,6 +21,7 @@ from editflow.cli.common import (
     bar,
     check_out,
     cli_errors,
+    drawing,
     dtype_name,
     err,
     finite,
@@ -296,10 +297,7 @@ def apply_patch(
     from editflow.edits import Patch
     from editflow.models.pipeline import generate, load_pipeline, make_grid
 
-    place = placement(device, dtype, offload)
-    if not prompt.strip():
-        raise EditflowError("empty prompt")
-    check_out(out, kind="image")
+    place = drawing(prompt, out, device, dtype, offload)
     p = Patch.load(patch)
     pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
     seeds = [seed + i for i in range(n)]
