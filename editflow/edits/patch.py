@@ -15,33 +15,8 @@ A file is checked when loaded (its schema: header keys, tensor names, 2-D floati
 matching ranks, every value finite) and again against the model it is applied to (target layers
 present, factor shapes equal to the weights'), so a foreign or damaged file is one clear error.
 
-Precision. A patch is stored float32 (:meth:`Patch.save` casts), whatever dtype the model it was
-computed on ran in, and applies to a model in float32, float16 or bfloat16: ``merge`` adds the
-delta to the weights in float32 and rounds the sum once to the weights' dtype (refusing a
-non-finite result, e.g. a float16 overflow), keeping the original weights to put back bit for
-bit; ``gated`` computes the delta in float32 on the hidden states' device and adds it in their
-dtype.
-
-Base identity across dtypes. A model loaded in float16 or bfloat16 has its weights rounded, so a
-hash of them differs from the float32 one although it is the same base. A patch therefore records
-(metadata ``base_hashes``) the hash of the target weights *as they are in each dtype it can know*,
-and ``base_dtype``, the dtype of the model it was computed on:
-
-* computed in float32: ``{float32, float16, bfloat16}``, the float32 weights cast to each dtype
-  (what loading the same checkpoint in that dtype gives);
-* computed in float16 or bfloat16: only that dtype (a rounded weight cannot be rounded again to
-  another dtype and give what the float32 original would: the double rounding differs).
-
-``base_hash`` (kept for older readers and the registry's ``editflow.base_hash`` tag) is the hash in
-``base_dtype``: the float32 one for every patch computed in float32, as before. A patch without
-``base_hashes`` (older files) is read as ``{float32: base_hash}``.
-
-:meth:`Patch.check_base` checks a model whose target weights are in dtype ``D`` against the
-recorded entry for ``D``; a float32 model can also be checked against any reduced-precision
-entry (it casts its own weights down), so a patch computed on a bfloat16-loaded base applies to
-the float32 one. What cannot be checked (an older float32-only patch on a bfloat16 model, a
-bfloat16-computed patch on a float16 model) is refused with one line saying which dtype to load
-the model in; a recorded hash that differs is refused as a patch for another base.
+Precision and base identity across float32/float16/bfloat16 (``base_hashes``, ``base_dtype``,
+what :meth:`Patch.check_base` accepts): ``docs/patches.md``.
 """
 
 from __future__ import annotations

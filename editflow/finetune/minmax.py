@@ -1,63 +1,26 @@
-"""Min-max training of a patch against a persistent concept-inversion attacker.
+"""Min-max training of a patch against persistent concept-inversion attackers.
 
-AdvUnlearn (Zhang et al. 2024, "Defensive Unlearning with Adversarial Training for Robust Concept
-Erasure in Diffusion Models", eq. 5) alternates an attacker that searches the text-embedding space
-for inputs that still draw the concept with a defender that unlearns them. editflow plays that
-game on the patch alone, with the attack the evaluation measures (Pham et al. 2023):
+AdvUnlearn (Zhang et al. 2024, eq. 5) alternates an attacker that searches the text-embedding
+space for inputs that still draw the concept with a defender that unlearns them. editflow plays
+that game on the patch alone, with the attack the evaluation measures (Pham et al. 2023):
 
-* **attacker** -- ``attackers`` learned tokens per concept (default three; starts alternate the
-  concept's anchor word and the vocabulary's mean embedding), trained by textual inversion (Gal et
-  al. 2023, eq. 2) against the *current* patched model on images of the concept, one of them
-  ``attacker_steps`` Adam steps per defender step in turn, for the whole run (``restart = 0``, the
-  default) or, every ``restart`` steps, filed in a replay bank and started afresh;
-* **defender** -- a rank-``lora_rank`` LoRA on every target projection (``attn2.to_k/to_v``),
-  added to the closed-form patch (zero-initialised, so training starts from it), trained so that
-  on noised images of the concept every attacker's current token, ``replay`` tokens from the bank
-  and the concept's words all predict ESD's negatively guided target (Gandikota et al. 2023, eq. 3)
+* **attacker** -- ``attackers`` learned tokens per concept, trained by textual inversion (Gal et
+  al. 2023, eq. 2) against the *current* patched model, ``attacker_steps`` Adam steps each per
+  defender step in turn; kept for the whole run (``restart = 0``) or filed in a replay bank and
+  started afresh every ``restart`` steps;
+* **defender** -- a rank-``lora_rank`` LoRA (:mod:`editflow.edits.lora`) on every target
+  projection, on top of the ungated closed-form patch, trained so that every attacker's token,
+  ``replay`` banked tokens and the concept's words (a ``scene_words`` share of them in the
+  request's contexts) predict ESD's negatively guided target (Gandikota et al. 2023, eq. 3)
   ``ε(x_t, anchor) − η (ε(x_t, concept) − ε(x_t, anchor))`` of the base model, while preserved
-  concepts' images keep the base model's prediction (weight ``minmax_preserve``). With
-  ``preserve_focus`` > 0 that share of the preserved images is drawn in proportion to a running
-  estimate of each one's error, so preservation goes where the LoRA drifts (on the embedded world:
-  blade and cross, the pointed shapes next to a star) instead of tightening everywhere; off by
-  default until measured over training seeds (docs/benchmarks.md, third round). The images are
-  the caller's (:mod:`editflow.finetune.run` draws them with the request's own prompt for each
-  concept, e.g. "a shape by {}" for a style of the embedded world, where "a {}" draws it plain;
-  or the concept in its described scenes, and its neighbours in theirs: ``scene_references``,
-  ``neighbour_images``).
-  The LoRA's Adam learning rate follows a cosine from ``minmax_lr`` down to ``lr_final`` of it
-  (cosine annealing without restarts, Loshchilov & Hutter 2017, "SGDR", eq. 5; to a tenth by
-  default, ``lr_final = 1`` keeps it constant), so that the defender can settle against the
-  attackers it last met.
+  images keep the base prediction (``minmax_preserve``; ``preserve_focus`` draws them in
+  proportion to their running error). Adam's learning rate follows a cosine to ``lr_final`` of
+  ``minmax_lr`` (Loshchilov & Hutter 2017, eq. 5).
 
-Restarting every 40 steps, the defender learned to beat attackers of about their budget (star:
-0.08 against the evaluation's 150-step attack, 0.96 against a 400-step one). One persistent
-attacker held a 400-step attack in about one run of three (star 0.17, 0.46, 0.63 over training
-seeds 1, 0, 2; averaging the LoRA over its last steps did not change that: 0.38-0.50); three
-taking turns gave star 0.13 / 0.21 / 0.13 over seeds 0 / 1 / 2 and lowered kasimir's from 0.96 to
-0.54 (docs/benchmarks.md, fifth round). Decaying the learning rate to a tenth took the identity
-zorbo's 400-step attack from 0.13 / 0.21 / 0.29 to 0 / 0 / 0 but star's from 0.13 / 0.21 / 0.13 to
-0.08 / 0.33 / 0.33; kasimir's was 0.33 / 0.33 / 0.58 (seventh round). Measured on 16 images per
-preserved concept (the evaluation's default is too coarse to tell 0.98 from 1), erasing the
-identity with η = 2 cost other styles' pictures (specificity 0.95 with either learning rate).
-η = 1 with the decay to a tenth, the defaults since, keeps them and the attack down: specificity
-0.996 / 0.991 / 0.996 and attack 0.04 / 0.13 / 0.25 on star, 0.982 / 0.991 / 0.964 and
-0 / 0 / 0.17 on zorbo (training seeds 0 / 1 / 2, eighth round), the goal met on the median of
-both; on the style kasimir specificity 0.955 / 0.937 / 0.973, attack 0.63 / 0.46 / 0.75: not met.
-A style's request brings its own settings (:data:`editflow.world.erasure.FAMILY_FINETUNE`): η 3,
-32 concept images in described scenes of every colour, five attackers, 16 images of each other
-style, and ``scene_words`` 0.5: half the word term's prompts come from the request's contexts of the
-concept ("a blue ball in the style of {}"), each against the guided target of its own neutral
-prompt, so that the patch erases the word where people say it, not only in the attack's plain
-templates. Kasimir: attack 0.04 / 0.17 / 0.04, erasure 0, specificity 0.991 / 1.000 / 1.000 (tenth round), met.
-
-The negative guidance matters: with ``η = 0`` the target is how "a shape" denoises a noised star,
-which at low noise keeps the star, and the best attack stayed at 0.83 (docs/benchmarks.md).
-The closed-form patch must be ungated: a gate passes any text feature outside the concept's
-subspace through unchanged, which is exactly where the attacker goes.
-
-Precision: with the model in float16/bfloat16, the LoRA (:mod:`editflow.edits.lora`) and the
-attackers' embeddings stay float32 master weights, latents, predictions, targets and losses are
-float32 (:mod:`editflow.models.diffusion`); noise and sampling draws come from the CPU generator.
+The closed-form patch must be ungated: a gate passes text features outside the concept's subspace
+unchanged, which is exactly where the attacker goes. With the model in float16/bfloat16, the LoRA
+and the attackers' embeddings stay float32, and so do latents, targets and losses. How the
+defaults were chosen, with the measured attack success per training seed: ``docs/minmax.md``.
 """
 
 from __future__ import annotations
