@@ -21,7 +21,7 @@ where ``E = Σ c_i c_iᵀ`` and ``P = Σ c_j c_jᵀ``. This is ACE's nullificati
 
 Precision: the text features come in whatever dtype the model runs in (float32, float16,
 bfloat16); the statistics, the solve and the SVD are float64, on the device the features are on
-when it has float64 (not Apple's MPS: :func:`solve_device` puts those on the CPU), and the
+when it has float64 (not Apple's MPS: :func:`~editflow.models.device.solve_device` puts those on the CPU), and the
 factors come back float32 on the CPU, whatever the model's dtype and device. With a model loaded
 in reduced precision, ``W_l`` are its rounded weights: the edit of the model that runs.
 """
@@ -33,13 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from editflow.edits.solve import solve_right
-
-
-def solve_device(device: torch.device | str) -> torch.device:
-    """Where float64 statistics and solves run for features on ``device``: there, unless it has no
-    float64 (MPS), then the CPU."""
-    device = torch.device(device)
-    return torch.device("cpu") if device.type == "mps" else device
+from editflow.models.device import solve_device
 
 
 @dataclass
@@ -54,7 +48,7 @@ class EditStatistics:
 
     @classmethod
     def zeros(cls, dim: int, device: torch.device | str | None = None) -> EditStatistics:
-        """Empty statistics on ``device`` (default: the CPU; see :func:`solve_device`)."""
+        """Empty statistics on ``device`` (default: the CPU; see :func:`~editflow.models.device.solve_device`)."""
         device = solve_device(device or "cpu")
         z = lambda: torch.zeros(dim, dim, dtype=torch.float64, device=device)  # noqa: E731
         return cls(z(), z(), z())

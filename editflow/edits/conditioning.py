@@ -19,7 +19,7 @@ from enum import Enum
 
 import torch
 
-from editflow.edits.closed_form import solve_device
+from editflow.models.device import solve_device
 from editflow.models.diffusion import execution_device
 
 

@@ -55,6 +55,13 @@ def resolve_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[spec]
 
 
+def solve_device(device: torch.device | str) -> torch.device:
+    """Where float64 statistics and solves run for tensors on ``device``: there, unless it has no
+    float64 (MPS), then the CPU."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def check_placement(device: str | None, dtype: str | None, where: str = "") -> None:
     """Refuse a device or dtype *name* that :func:`~editflow.models.device.Placement.resolve` would not
     know, without looking at the hardware (a policy or job may be checked on another machine than the
@@ -80,5 +87,4 @@ class Placement:
 
     @property
     def solve_device(self) -> torch.device:
-        """Where float64 statistics and solves run: the device if it has float64 (not MPS), else the CPU."""
-        return torch.device("cpu") if self.device.type == "mps" else self.device
+        return solve_device(self.device)
