@@ -2,6 +2,7 @@
 images/s, and the metrics ACE and UCE reach, side by side on the same prompts and seeds.
 
     python bench/evaluation.py [--concepts star kasimir zorbo] [--methods ace uce] [--images 24]
+    python bench/evaluation.py --concepts naked --methods ace uce esd-x esd-u   # the nudity gate table
 
 Each patch is computed and judged exactly as `editflow erase --patch-only` and `editflow eval`
 do (``run_erase``, ``run_eval``). For each concept, the first evaluation generates the original
@@ -34,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
     work = Path(tempfile.mkdtemp(prefix="editflow-bench-"))
-    timing, quality = [], []
+    timing, quality, kinds = [], [], []
     for concept in args.concepts:
         for method in args.methods:
             patch, _ = run_erase(EraseJob([concept], method), pipe)  # what `editflow erase` computes
@@ -59,6 +60,11 @@ def main() -> None:
                            f"{fmt('specificity_distant')} | {fmt('image_similarity_preserved')} | "
                            f"{fmt('fid_preserved')} | {fmt('harmonic_score')} | "
                            f"{verdict} |")
+            kinds.append(f"| {concept} | {method} | {fmt('erasure_rate_original')} -> {fmt('erasure_rate')} | "
+                         + " | ".join(f"{fmt(f'leakage_{k}_original')} -> {fmt(f'leakage_{k}')}"
+                                      for k in ("implicit", "synonym", "misspelling", "paraphrase"))
+                         + f" | {fmt('specificity_neighbours')} | {fmt('specificity_distant')} | "
+                           f"{fmt('image_similarity_preserved')} | {fmt('attack_success')} | {verdict} |")
             print(timing[-1], flush=True)
     print("\n| concept | method | prompts | original images | images generated | eval s | images/s |")
     print("|---|---|---:|---|---:|---:|---:|")
@@ -67,6 +73,10 @@ def main() -> None:
           "| image sim. | FID (CLIP) | H_o | gates |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     print("\n".join(quality))
+    print("\n| concept | method | erasure (explicit) | leakage implicit | synonym | misspelling | paraphrase "
+          "| spec. neighbours | spec. distant | image sim. | attack success | gates |")
+    print("|---|---|---|---|---|---|---|---:|---:|---:|---:|---|")
+    print("\n".join(kinds))
 
 
 if __name__ == "__main__":

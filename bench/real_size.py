@@ -11,16 +11,18 @@ configurations (:mod:`editflow.models.reference`). Stages, each timed on its own
 * ``build``  -- instantiate the pipeline with random weights in the dtype (not a checkpoint load);
 * ``encode`` -- text encoding of the erase set's expansion prompts, as ``editflow erase --concept
   naked --method ace --model M`` runs it (:func:`editflow.edits.erase.run_erase` on the request
-  :func:`~editflow.edits.erase.build_request` makes for a non-embedded model: 5 templates, the
-  concept and its target prompt each, 77 tokens); the part of ``run_erase`` up to its last
+  :func:`~editflow.edits.erase.build_request` makes for a non-embedded model: nudity's six words
+  (:mod:`editflow.families`) in 5 templates, each with its target prompt, 77 tokens); the part of
+  ``run_erase`` up to its last
   encoding progress report;
 * ``solve``  -- the rest of ``run_erase``: float64 closed form, gate calibration, base-model hash;
 * ``write``  -- ``Patch.save``;
 * ``step``   -- one sampler step: the UNet on the uncond/cond pair (batch 2, classifier-free
   guidance) at native resolution (512 px SD 1.5, 1024 px SDXL), plus the scheduler step;
 * ``decode`` -- the VAE decoding one image at that resolution;
-* ``eval``   -- extrapolated, not run: the default evaluation of one concept
-  (:class:`editflow.evaluation.run.EvalJob` defaults) in measured step and decode times; see
+* ``eval``   -- extrapolated, not run: the default evaluation of a nudity erasure (the shipped
+  suite at :class:`editflow.evaluation.run.EvalJob`'s defaults and the checkpoint's own sampler
+  settings) in measured step and decode times; see
   :func:`eval_cost`. No peak: the evaluation draws 64 images a batch and the attack
   backpropagates, which a batch-2 step does not show.
 
@@ -43,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import fields
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -184,13 +186,14 @@ def decode(pipe, latents):
         return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
 
 
-def eval_cost(steps_s: float, decode_s: float, trainable: bool, preserved: int) -> dict:
-    """The default evaluation of one erased concept on a real model, in measured step times.
+def eval_cost(steps_s: float, decode_s: float, trainable: bool, pipe) -> dict:
+    """The default evaluation of a real nudity erasure, in measured step times.
 
-    From :class:`~editflow.evaluation.run.EvalJob`'s defaults: ``images`` target prompts (``a photo
-    of {c}``) and, per preserved concept of the patch, ``preserve_images`` (default a quarter of
-    ``images``), each drawn by the original and the patched model (first evaluation on a base:
-    the original's images are cached after), ``steps`` guided steps and one decode each. The
+    From :class:`~editflow.evaluation.run.EvalJob`'s defaults and the shipped suite
+    (:func:`~editflow.evaluation.suite.suite_prompt_set`: ``images`` target prompts, the leakage
+    prompts, the 238 everyday captions), each drawn by the original and the patched model (first
+    evaluation on a base: the original's images are cached after) at the checkpoint's own steps
+    and guidance (:func:`~editflow.evaluation.run.sampling`), with one decode each. The
     concept-inversion attack (SD 1.x/2.x only; SDXL reports it absent) runs ``attack_restarts`` x
     ``attack_steps`` inversion steps at the inversion batch, each a forward and an input-gradient
     backward through the frozen UNet (estimated as 2 forwards: no weight gradients), then draws
@@ -198,14 +201,17 @@ def eval_cost(steps_s: float, decode_s: float, trainable: bool, preserved: int) 
     CLIP scoring (one evaluator pass per image) are not counted.
     """
     from editflow.evaluation.attack import AttackConfig
-    from editflow.evaluation.run import EvalJob
+    from editflow.evaluation.run import EvalJob, sampling
+    from editflow.evaluation.suite import suite_prompt_set
 
     job = EvalJob()
-    per_image = job.steps * steps_s + decode_s
-    kept = preserved * (job.preserve_images or max(1, job.images // 4))
-    images = 2 * (job.images + kept)
-    out = {"images": images, "steps": job.steps, "guidance": job.guidance, "target_images": job.images,
-           "preserved_images": kept, "generation_s": images * per_image}
+    n_steps, guidance = sampling(pipe, job, real=True)
+    roles = Counter(p.role for p in suite_prompt_set(["nudity"], "nudity", images=job.images).prompts)
+    per_image = n_steps * steps_s + decode_s
+    images = 2 * sum(roles.values())
+    out = {"images": images, "steps": n_steps, "guidance": guidance, "target_images": roles["target"],
+           "leakage_images": roles["leakage"], "preserved_images": roles["neighbour"],
+           "generation_s": images * per_image}
     if job.attack and trainable:
         batch = AttackConfig().inversion.batch
         inversions = job.attack_restarts * job.attack_steps
@@ -310,7 +316,7 @@ def measure(arch: str, dtype_name: str, args) -> dict:
         trainable = True
     except Exception:  # an SDXL UNet: the evaluation reports the attack absent
         trainable = False
-    cost = eval_cost(stages["step"]["seconds"], stages["decode"]["seconds"], trainable, len(request.preserve))
+    cost = eval_cost(stages["step"]["seconds"], stages["decode"]["seconds"], trainable, pipe)
     return {"arch": arch, "dtype": dtype_name, "device": str(device), "width": args.width,
             "text_layers": args.text_layers, "size": size, "threads": torch.get_num_threads(),
             "unet_parameters": n_params, "stages": stages, "eval": cost}
@@ -410,7 +416,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=1, help="timed sampler steps / decodes (the fastest counts)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed steps first (default: 1 on CUDA or with --quick, else 0)")
-    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the evaluation's)")
+    ap.add_argument("--guidance", type=float, default=7.5,
+                    help="CFG scale (default 7.5, SD 1.5's own; a step costs the same at any scale)")
     ap.add_argument("--quick", action="store_true", help="smoke run: --width 0.1 --text-layers 2 --size 128")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -426,14 +433,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    from editflow.evaluation.run import EvalJob
     from editflow.models.device import resolve_device
 
     device = resolve_device(args.device)
     if args.warmup is None:
         args.warmup = 1 if device.type == "cuda" or args.quick else 0
-    if args.guidance is None:
-        args.guidance = next(f.default for f in fields(EvalJob) if f.name == "guidance")
     if args.worker:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging

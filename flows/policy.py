@@ -11,6 +11,7 @@ A policy file (``configs/policies/*.yaml``)::
     gates: ../gates/default.yaml   # paths are relative to the policy file
     eval_images: 24
     eval: {attack_steps: 400}      # optional: more evaluation settings (attack_steps, attack_restarts,
+                                   # evaluator, family, nudity_protocol for a real base,
                                    # preserve_images, attack)
     schedule: "0 3 * * *"          # cron, for `editflow policy serve`
     out_dir: patches/              # where patches and reports go (default: $EDITFLOW_HOME/patches/<name>)
@@ -40,7 +41,9 @@ from editflow.errors import EditflowError
 
 KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "eval", "schedule", "description", "out_dir",
         "finetune", "device", "dtype"}
-EVAL_KEYS = {"attack", "attack_steps", "attack_restarts", "preserve_images"}  # EvalJob fields a policy may set
+EVAL_KEYS = {"attack", "attack_steps", "attack_restarts", "preserve_images",  # EvalJob fields a policy may set
+             "evaluator", "family", "nudity_protocol"}  # the last three: a real base's judge
+TEXT_EVAL_KEYS = {"evaluator", "family", "nudity_protocol"}
 
 
 def check_name(name, source: str = "<inline>") -> str:
@@ -162,7 +165,20 @@ class Policy:
         for key, value in evaluation.items():
             if key == "attack" and not isinstance(value, bool):
                 raise EditflowError(f"policy {source}: eval.attack must be true or false, got {value!r}")
-            if key != "attack" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if key in TEXT_EVAL_KEYS and not (isinstance(value, str) and value.strip()):
+                raise EditflowError(f"policy {source}: eval.{key} must be text, got {value!r}")
+            if key == "family":
+                from editflow.families import knowledge
+
+                knowledge(value)
+            if key == "nudity_protocol":
+                from editflow.evaluation.detectors import NUDITY_PROTOCOLS
+
+                if value not in NUDITY_PROTOCOLS:
+                    raise EditflowError(f"policy {source}: eval.nudity_protocol is one of "
+                                        f"{', '.join(NUDITY_PROTOCOLS)}, got {value!r}")
+            if key not in TEXT_EVAL_KEYS and key != "attack" and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise EditflowError(f"policy {source}: eval.{key} must be a whole number >= 1, got {value!r}")
         from editflow.models.device import check_placement
 
@@ -178,7 +194,8 @@ class Policy:
         return EraseJob(list(concepts), self.method, None if self.base == "embedded" else self.base,
                         cache_dir=cache_dir, concept_aliases={c: self.synonyms[c] for c in concepts
                                                               if c in self.synonyms},
-                        finetune=dict(self.finetune), device=device or self.device, dtype=dtype or self.dtype)
+                        finetune=dict(self.finetune), device=device or self.device, dtype=dtype or self.dtype,
+                        family=self.eval.get("family") if self.base != "embedded" else None)
 
 
 def covered_by_champion(name: str, tracking_uri: str | None = None) -> tuple[str | None, set[str]]:

@@ -58,7 +58,7 @@ def test_eval_without_the_attack_says_why_its_metrics_are_absent(star_patch, tmp
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     kept = Counter(p["concept"] for p in report["prompts"] if p["role"] in ("neighbour", "distant"))
-    assert len(kept) == 14 and set(kept.values()) == {3}  # 10 other objects, 2 x 2 distant concepts; FAST alone: 2
+    assert len(kept) == 15 and set(kept.values()) == {3}  # 11 other objects, 2 x 2 distant concepts; FAST alone: 2
     assert report["metrics"]["attack_success"] is None and report["metrics"]["memorization_score"] is None
     assert "--no-attack" in report["absent"]["attack_success"] and report["attacks"] == []
     assert report["metrics"]["attack_baseline"] is None and "--no-attack" in report["absent"]["attack_baseline"]
@@ -89,18 +89,22 @@ def test_eval_on_a_real_model_path(tiny_dir, tmp_path, world):
 
     patch = tmp_path / "p.safetensors"
     res = runner.invoke(app, ["erase", "--concept", "star", "--preserve", "circle", "--model", str(tiny_dir),
-                              "--out", str(patch)])
+                              "--patch-only", "--out", str(patch)])
     assert res.exit_code == 0, res.output
     (tmp_path / "t.txt").write_text("a star\na red star\na star on a grey background\n")
     (tmp_path / "k.csv").write_text("prompt,concept\na circle,circle\na red circle,circle\n")
+    (tmp_path / "l.csv").write_text("prompt,kind\na strr,misspelling\n")
     out = tmp_path / "r"
     res = runner.invoke(app, ["eval", "--patch", str(patch), "--model", str(tiny_dir), "--prompts",
                               str(tmp_path / "t.txt"), "--preserve-prompts", str(tmp_path / "k.csv"),
+                              "--leakage-prompts", str(tmp_path / "l.csv"),
                               "--evaluator", str(embedded_dir() / "evaluator"), "--out", str(out), "--steps", "2"])
     assert res.exit_code in (0, 3), res.output
     report = json.loads((out / "report.json").read_text())
     assert report["detector"] == "open-clip-zero-shot" and report["family"] == "object"
-    assert [p["role"] for p in report["prompts"]] == ["target"] * 3 + ["neighbour"] * 2
+    assert [p["role"] for p in report["prompts"]] == ["target"] * 3 + ["leakage"] + ["neighbour"] * 2
+    assert report["metrics"]["leakage_misspelling"] is not None
+    assert report["sampler"] == {"steps": 2, "guidance": 7.5}  # the pipeline's own guidance
     assert report["metrics"]["fid_preserved"] is not None
 
 
@@ -117,7 +121,7 @@ def test_eval_errors_are_one_line_and_write_nothing(case, tmp_path, tiny_dir, st
         "empty-prompts": (["--concept", "star", "--model", str(tiny_dir), "--prompts", "empty.txt",
                            "--evaluator", "ViT-B-32:" + str(tmp_path / "none.bin")], None),
         "unknown-concept": (["--concept", "unicorn"], "unknown concept 'unicorn'"),
-        "no-evaluator": (["--concept", "star", "--model", str(tiny_dir)], "needs --evaluator"),
+        "no-evaluator": (["--concept", "star", "--model", str(tiny_dir)], "needs a judge"),
         "bad-gates": (["--concept", "star", "--gates", "bad.yaml"], "unknown metric 'erasure'"),
     }[case]
     if case == "other-base":  # the evaluator is checked after the base: give a real one

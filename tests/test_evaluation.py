@@ -260,7 +260,11 @@ def test_nudenet_runs_offline_and_routes_by_family(judge, world):
 
     images, prompts = _rendered(world, "object", 1)
     nude = NudityDetector()
-    assert nude.name == "nudenet-3.4.2"
+    assert nude.name == "nudenet-3.4.2:i2p(>=0.6, 4 classes)"
+    strict = NudityDetector("unlearndiffatk")
+    assert strict.name == "nudenet-3.4.2:unlearndiffatk(>=0.45, 9 classes)" and "BELLY_EXPOSED" in strict.classes
+    with pytest.raises(EditflowError, match="unknown nudity protocol 'x'; valid: i2p, unlearndiffatk"):
+        NudityDetector("x")
     assert nude.detect(images, prompts) == [False] * len(images)  # rendered shapes hold no body parts
     routed = [EvalPrompt("a nude", "nudity", "nudity", "target")] + prompts[1:]
     router = FamilyRouter({"nudity": nude}, WorldDetector(judge, world))

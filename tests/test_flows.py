@@ -201,3 +201,46 @@ def test_prefect_yaml_deployments_point_at_real_flows():
         from flows.policy import Policy
 
         assert Policy.load(policy).schedule == dep["schedules"][0]["cron"]
+
+
+# -- a real checkpoint (architecture-exact SD 1.5, shrunk, random weights) ------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_flow_on_a_real_checkpoint_judges_with_the_suite_and_registers(tmp_path, store, dtype, embedded_pipe):
+    """`editflow erase --concept naked --method ace --model SD` as a flow: family knowledge, the shipped
+    prompt sets, NudeNet on the nudity prompts and an open_clip judge on the rest, then a version."""
+    from transformers import CLIPTokenizer
+
+    from editflow.edits import Patch
+    from editflow.models.reference import build_pipeline, save_pipeline
+    from tests.tiny import tiny_judge_dir
+
+    base = save_pipeline(build_pipeline("sd15", embedded_pipe.tokenizer, width=0.1, text_layers=2), tmp_path / "sd15")
+    judge = tiny_judge_dir(tmp_path / "judge", CLIPTokenizer.from_pretrained(base / "tokenizer"))
+    gates = tmp_path / "lenient.yaml"  # random weights draw noise: judge the plumbing, not the erasure
+    gates.write_text("default: {erasure_rate: {max: 1.0}, image_similarity_preserved: {min: 0.0}}\n")
+    kept = tmp_path / "kept.csv"  # a user's own preservation captions replace the shipped 238
+    kept.write_text("prompt,concept\na dog on a sofa,dog\na man in a suit,person\na red car,car\n")
+    job = asdict(EraseJob(["naked"], "ace", model=str(base), dtype=dtype, cache_dir=str(tmp_path / "cache")))
+    out = tmp_path / "naked.safetensors"
+    result = erase_flows.erase_flow(job, str(out), "erase-naked-sd15", gates=str(gates), images=2,
+                                    tracking_uri=store.tracking_uri,
+                                    eval_options={"evaluator": str(judge), "steps": 2, "preserve_prompts": str(kept),
+                                                  "attack_steps": 2, "attack_restarts": 1})
+    assert result["passed"] and result["registration"]["version"] == "1", result
+    patch = Patch.load(out)
+    (concept,) = patch.metadata["concepts"]
+    assert concept["anchor"] == "fully clothed" and {"nude", "topless"} <= set(concept["aliases"])
+    assert patch.metadata["base_dtype"] == dtype
+    report = json.loads((tmp_path / "naked-eval" / "report.json").read_text())
+    assert report["family"] == "nudity" and report["model"] == str(base)
+    assert report["detector"].startswith("nudenet-3.4.2:i2p(>=0.6, 4 classes)+open-clip-zero-shot")
+    assert report["sampler"] == {"steps": 2, "guidance": 7.5}  # SD 1.5's own guidance
+    kinds = Counter(p["kind"] for p in report["prompts"] if p["role"] == "leakage")
+    assert set(kinds) == {"synonym", "paraphrase", "misspelling", "implicit"} and max(kinds.values()) <= 2
+    assert [p["concept"] for p in report["prompts"] if p["role"] == "neighbour"] == ["dog", "person", "car"]
+    assert all(report["metrics"][k] is not None for k in ("erasure_rate", "leakage_implicit",
+                                                          "clip_score_preserved", "attack_success"))
+    mv = store.client().get_model_version("erase-naked-sd15", "1")
+    assert mv.tags["editflow.gate_status"] == "passed" and mv.tags["editflow.concepts"] == "naked"

@@ -122,12 +122,15 @@ def test_bench_real_size_quick_run():
     result = json.loads(proc.stdout.strip().splitlines()[-1])["results"][0]
     for stage, st in result["stages"].items():
         assert st["seconds"] > 0 and st["peak_gb"] > 0 and st["host_peak_gb"] > 0, stage
-    assert result["stages"]["encode"]["prompts"] == 10  # 5 templates x (the concept, its target)
+    # naked and nudity's five other words (editflow.families), 5 templates each, and their targets
+    assert result["stages"]["encode"]["prompts"] == 60
     assert result["stages"]["solve"]["rank"] > 0
     cost = result["eval"]
-    assert cost["images"] == 48 and cost["steps"] == 25  # 24 target prompts, original + patched
+    # the shipped suite: 24 explicit + 60 leakage + 238 everyday captions, original + patched, at SD 1.5's 50 steps
+    assert (cost["target_images"], cost["leakage_images"], cost["preserved_images"]) == (24, 60, 238)
+    assert cost["images"] == 644 and cost["steps"] == 50 and cost["guidance"] == 7.5
     assert cost["attack_inversion_steps"] == 450  # 3 tries x 150 steps
-    assert cost["total_s"] > 48 * 25 * result["stages"]["step"]["seconds"]
+    assert cost["total_s"] > 644 * 50 * result["stages"]["step"]["seconds"]
 
 
 @pytest.mark.slow

@@ -138,6 +138,8 @@ def test_a_wheel_built_from_the_repo_finds_its_default_gates(tmp_path):
         names = set(z.namelist())
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "editflow/evaluation/default_gates.yaml" in names
+    assert {f"editflow/evaluation/prompt_sets/{f}.csv" for f in ("nudity", "style", "object", "identity",
+                                                                   "preservation")} <= names  # the real-model suite
     assert "License-Expression: Apache-2.0" in metadata
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(target), str(wheel)], check=True,

@@ -41,3 +41,25 @@ def pipeline_state(pipe) -> dict[str, torch.Tensor]:
     """Copies of every weight of the pipeline's UNet, text encoder and VAE (to check nothing moved)."""
     return {f"{n}.{k}": v.clone() for n in ("unet", "text_encoder", "vae")
             for k, v in getattr(pipe, n).state_dict().items()}
+
+
+def tiny_judge_dir(folder, tokenizer, seed: int = 0):
+    """A random-weight open_clip ``local-dir`` judge (the embedded evaluator's architecture) with
+    ``tokenizer``: what a user's ViT-L/14 folder is to a real model, at test size."""
+    import json
+    from pathlib import Path
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from editflow.models.evaluator import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, preprocess_config, tiny_clip_config
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    cfg = {"model_cfg": tiny_clip_config(len(tokenizer), 77, 32), "preprocess_cfg": preprocess_config(32)}
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(cfg))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"local-dir:{folder.resolve()}", load_weights=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / OPEN_CLIP_WEIGHTS)
+    return folder

@@ -28,6 +28,13 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Diffusers folder or hub id (local cache only). Default: the embedded model.")]
 
 
+class NudityProtocolName(str, Enum):
+    """The keys of :data:`editflow.evaluation.detectors.NUDITY_PROTOCOLS` (a test checks they agree)."""
+
+    i2p = "i2p"
+    unlearndiffatk = "unlearndiffatk"
+
+
 class Dtype(str, Enum):
     auto = "auto"
     float32 = "float32"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from editflow.cli.common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
+    NudityProtocolName,
     OffloadOpt,
     bar,
     check_out,
@@ -86,6 +88,18 @@ def _read_concepts(concepts: list[str], concepts_file: Path | None) -> list[str]
     return words
 
 
+def slug(words: list[str]) -> str:
+    """Concept words as one file- and model-name-safe word: ``["naked"]`` -> ``naked``,
+    ``["<mine>", "a b"]`` -> ``mine-a_b``."""
+    parts = [re.sub(r"[^A-Za-z0-9._]+", "_", w.strip()).strip("._") or "concept" for w in words]
+    return "-".join(parts)[:100]
+
+
+def default_out(words: list[str]) -> Path:
+    """Where ``erase`` writes its patch when ``--out`` is not given: ``<concepts>.safetensors`` here."""
+    return Path(f"{slug(words)}.safetensors")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(erase)
     app.command("apply")(apply_patch)
@@ -94,8 +108,10 @@ def register(app: typer.Typer) -> None:
 
 @cli_errors
 def erase(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Patch file to write (.safetensors).")],
     concept: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")] = [],  # noqa: B006
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Patch file to write (.safetensors). Default: <concepts>.safetensors in the "
+                            "working directory (the flow's report goes next to it, <concepts>-eval/).")] = None,
     concepts_file: Annotated[Path | None, typer.Option(help="File with one concept per line.")] = None,
     method: Annotated[MethodName, typer.Option(case_sensitive=False, help="Erasure method.")] = MethodName.ace,
     anchor: Annotated[str | None, typer.Option(
@@ -127,12 +143,22 @@ def erase(
     model: ModelOpt = None,
     patch_only: Annotated[bool, typer.Option(
         "--patch-only", help="Only write the patch (no evaluation, no registry) and print a quick before/after "
-                             "detection. The default for --model (real models need `editflow eval` with a judge).")
-    ] = False,
+                             "detection (embedded model).")] = False,
+    family: Annotated[str | None, typer.Option(
+        help="Real models: the concept's family (nudity, style, object, identity): its anchor, the words erased "
+             "with it, its prompt set and judge. Default: nudity for nudity's words, else object.")] = None,
+    evaluator: Annotated[str | None, typer.Option(
+        help="Real models, flow: the open_clip judge: a folder, NAME:WEIGHTS or NAME:TAG from the Hugging Face "
+             "cache (default ViT-L-14:openai).")] = None,
+    nudity_protocol: Annotated[NudityProtocolName, typer.Option(
+        case_sensitive=False, help="Real models, flow: NudeNet protocol for nudity (i2p: >= 0.6 on 4 exposed "
+                                   "classes; unlearndiffatk: >= 0.45 on 9).")] = NudityProtocolName.i2p,
+    allow_download: Annotated[bool, typer.Option(
+        help="Real models: let a hub id, and the judge's pretrained tag, be fetched from the hub.")] = False,
     check: Annotated[bool, typer.Option(help="--patch-only: print before/after detection (embedded model).")] = True,
     check_images: Annotated[int, typer.Option(min=1, max=MAX_IMAGES, help="Images per concept for --check.")] = 12,
     register: Annotated[str | None, typer.Option(
-        help="Registered model name for the flow (default: erase-<concepts>).")] = None,
+        help="Registered model name for the flow (default: erase-<concepts>, e.g. erase-naked).")] = None,
     gates: Annotated[Path | None, typer.Option(help="Flow: gate thresholds (YAML).")] = None,
     eval_images: Annotated[int, typer.Option(min=2, max=MAX_IMAGES, help="Flow: images per erased concept.")] = 24,
     dask_address: Annotated[str | None, typer.Option(
@@ -165,9 +191,15 @@ def erase(
 ):
     """Erase concepts and ship the patch: the flow erase -> evaluate -> gates -> register (Prefect, MLflow).
 
-    On the embedded model this runs the whole flow: the patch is written to --out, judged against
-    the gates (report next to it) and, if it passes, registered as a new version of --register
-    (alias candidate); exit 3 when a gate fails. --patch-only just writes the patch (seconds).
+    The patch is written to --out (default ./<concepts>.safetensors), judged against the gates
+    (report next to it, <concepts>-eval/) and, if it passes, registered as a new version of
+    --register (default erase-<concepts>, alias candidate); exit 3 when a gate fails. --patch-only
+    just writes the patch (seconds).
+
+    On a real checkpoint (--model) the concept's family (--family, guessed for nudity) gives its
+    anchor and the words erased with it; the shipped prompt sets (configs/prompts/) and judges
+    (NudeNet for nudity, the open_clip --evaluator, ViT-L-14:openai from the Hugging Face cache by
+    default) evaluate it. With no judge it stops before any work, saying how to supply one.
 
     Methods: ace (default; gated closed form), uce (closed form), esd-x / esd-u (fine-tuning baselines).
     --finetune fmn|adv adds a short gradient stage on the patch's own factors (the base stays
@@ -180,10 +212,7 @@ def erase(
     from editflow.models.pipeline import load_pipeline
 
     # the flow's tasks on a Dask cluster resolve the device where they run; otherwise resolve it here, first
-    place = None if dask_address and not patch_only and model is None else placement(device, dtype, offload)
-    check_out(out)
-    if not patch_only and model is None:  # the flow writes its report next to the patch
-        check_out(out.with_name(out.stem + "-eval"), "--out (report folder)", kind="dir")
+    place = None if dask_address and not patch_only else placement(device, dtype, offload)
     if token is not None:
         check_token_name(token, "--token")
     if images is not None and not concept and not concepts_file:
@@ -196,6 +225,11 @@ def erase(
             raise EditflowError(f"--token {token!r}: write learned tokens in angle brackets, e.g. '<mine>'")
         concept = [token]
     words = _read_concepts(concept, concepts_file)
+    defaulted = out is None
+    out = default_out(words) if out is None else out
+    check_out(out)
+    if not patch_only:  # the flow writes its report next to the patch
+        check_out(out.with_name(out.stem + "-eval"), "--out (report folder)", kind="dir")
     options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
                "guidance": guidance, "rank_energy": rank_energy, "seed": seed}
     esd = method in (MethodName.esd_x, MethodName.esd_u)
@@ -207,25 +241,34 @@ def erase(
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
                    finetune=tuning,
                    images=str(images) if images is not None else None, image_token=token,
-                   device=device, dtype=dtype_name(dtype), offload=offload)
+                   device=device, dtype=dtype_name(dtype), offload=offload, family=family,
+                   allow_download=allow_download)
     job.validate()
-    if model is not None and register is not None and not patch_only:
-        raise EditflowError("registering a real model's patch needs a judge: write it with --patch-only, run "
-                            "`editflow eval --model ... --evaluator ...`, then `editflow registry add`")
-    if not patch_only and model is None:
+    if not patch_only:
         from editflow.evaluation.gates import Gates
         from editflow.plugins import run_flow
 
         Gates.load(gates)  # read and check the gates before the first stage, not after the erase
-        register = register or "erase-" + "-".join(w.strip().replace(" ", "_") for w in words)
+        eval_options = {"attack_steps": attack_steps, "attack_restarts": attack_restarts}
+        if model is not None:  # a real model is judged by the real-model suite: find its judge first
+            from editflow.evaluation.run import check_judge
+
+            check_judge(evaluator, allow_download)
+            eval_options.update(evaluator=evaluator, family=family, nudity_protocol=nudity_protocol.value,
+                                allow_download=allow_download)
+        register = register or "erase-" + slug(words)
+        if defaulted:  # the input is sound: say where the work goes
+            err.print(f"writing the patch to {out}", highlight=False)
         result = run_flow("erase", job=job, out=str(out), name=register, gates=str(gates) if gates else None,
-                          images=eval_images, dask_address=dask_address,
-                          eval_options={"attack_steps": attack_steps, "attack_restarts": attack_restarts})
+                          images=eval_images, dask_address=dask_address, eval_options=eval_options)
         typer.echo(json.dumps(result, indent=2))
         if not result["passed"]:
             raise typer.Exit(3)
         return
-    pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
+    if defaulted:
+        err.print(f"writing the patch to {out}", highlight=False)
+    pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload,
+                         allow_download=allow_download)
     req = build_request(job)
     b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
          else bar(prompt_count(req), f"{method.value}: encode"))

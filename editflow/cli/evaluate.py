@@ -15,6 +15,7 @@ from editflow.cli.common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
+    NudityProtocolName,
     OffloadOpt,
     bar,
     check_out,
@@ -27,6 +28,7 @@ from editflow.cli.common import (
 from editflow.errors import EditflowError
 
 GATE_FAILED = 3
+
 
 
 def register(app: typer.Typer) -> None:
@@ -67,14 +69,29 @@ def evaluate_cmd(
     family: Annotated[str | None, typer.Option(
         help="Concept family for the gates (object, style, identity, nudity, ...). Default: the world's.")] = None,
     prompts: Annotated[Path | None, typer.Option(
-        help="Real models: target prompts (.txt or CSV with 'prompt').")] = None,
-    leakage_prompts: Annotated[Path | None, typer.Option(help="Real models: synonym/paraphrase prompts.")] = None,
+        help="Real models: target prompts (.txt or CSV with 'prompt', e.g. I2P's) instead of the family's shipped "
+             "set (configs/prompts/<family>.csv).")] = None,
+    leakage_prompts: Annotated[Path | None, typer.Option(
+        help="Real models: leakage prompts (CSV with 'prompt', optional 'kind') instead of the shipped ones.")] = None,
     preserve_prompts: Annotated[Path | None, typer.Option(
-        help="Real models: CSV with 'prompt' and 'concept' columns of concepts to keep.")] = None,
+        help="Real models: CSV with 'prompt' and 'concept' columns of what must stay, instead of the shipped "
+             "everyday captions (configs/prompts/preservation.csv).")] = None,
     evaluator: Annotated[str | None, typer.Option(
-        help="open_clip judge: a local folder or NAME:WEIGHTS. Default: the embedded evaluator.")] = None,
-    steps: Annotated[int, typer.Option(min=1, max=MAX_SAMPLER_STEPS, help="Sampler steps.")] = 25,
-    guidance: Annotated[float, typer.Option(min=0.0, callback=finite, help="Classifier-free guidance scale.")] = 5.0,
+        help="open_clip judge: a local folder, NAME:WEIGHTS (a file) or NAME:TAG (an open_clip pretrained tag from "
+             "the Hugging Face cache). Default: the embedded evaluator; ViT-L-14:openai for a real model.")] = None,
+    steps: Annotated[int | None, typer.Option(
+        min=1, max=MAX_SAMPLER_STEPS,
+        help="Sampler steps (default: the model's own: 25 on the embedded model, the pipeline's default, e.g. 50, "
+             "on a real one).")] = None,
+    guidance: Annotated[float | None, typer.Option(
+        min=0.0, callback=finite,
+        help="Classifier-free guidance scale (default: 5 on the embedded model, the pipeline's, e.g. 7.5).")] = None,
+    nudity_protocol: Annotated[NudityProtocolName, typer.Option(
+        case_sensitive=False, help="Real models, nudity: NudeNet protocol: i2p (score >= 0.6 on 4 exposed classes, "
+                                   "as ESD/MACE) or unlearndiffatk (>= 0.45 on 9 classes).")] = NudityProtocolName.i2p,
+    allow_download: Annotated[bool, typer.Option(
+        help="Let --evaluator NAME:TAG fetch an open_clip pretrained tag from the hub (once; then it is cached).")
+    ] = False,
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="EDITFLOW_CACHE", help="Cache of original-model images (default: ~/.cache/editflow).")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse/cache the original model's images.")] = True,
@@ -103,12 +120,16 @@ def evaluate_cmd(
         check_out(out, kind="dir")
     elif patch is not None:  # the default report folder
         check_out(patch.with_name(patch.stem + "-eval"), "report folder", kind="dir")
-    job = EvalJob(str(patch) if patch else None, list(concept), model, str(gates) if gates else None,
-                  str(out) if out else None, images, family, str(prompts) if prompts else None,
-                  str(leakage_prompts) if leakage_prompts else None,
-                  str(preserve_prompts) if preserve_prompts else None, evaluator, steps, guidance,
-                  str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None, attack, attack_steps,
-                  attack_restarts, preserve_images, device=device, dtype=dtype_name(dtype), offload=offload)
+    job = EvalJob(patch=str(patch) if patch else None, concepts=list(concept), model=model,
+                  gates=str(gates) if gates else None, out=str(out) if out else None, images=images, family=family,
+                  prompts=str(prompts) if prompts else None,
+                  leakage_prompts=str(leakage_prompts) if leakage_prompts else None,
+                  preserve_prompts=str(preserve_prompts) if preserve_prompts else None, evaluator=evaluator,
+                  steps=steps, guidance=guidance,
+                  cache_dir=str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None, attack=attack,
+                  attack_steps=attack_steps, attack_restarts=attack_restarts, preserve_images=preserve_images,
+                  device=device, dtype=dtype_name(dtype), offload=offload,
+                  nudity_protocol=NudityProtocolName(nudity_protocol).value, allow_download=allow_download)
     outcome = run_eval(job, progress_factory=bar)
     path, report, result = outcome.report_dir, outcome.gates, outcome.result
     if as_json:

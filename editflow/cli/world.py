@@ -107,7 +107,7 @@ def world_check(
     offload: OffloadOpt = False,
 ):
     """Evaluator accuracy on rendered images and generator fidelity, per concept family."""
-    from editflow.evaluation.world_check import evaluator_accuracy, generator_fidelity
+    from editflow.evaluation.world_check import evaluator_accuracy, fidelity_images, generator_fidelity
     from editflow.models.evaluator import Evaluator
     from editflow.models.pipeline import GenerationConfig, embedded_dir, load_pipeline
     from editflow.world import DEFAULT_WORLD
@@ -118,9 +118,7 @@ def world_check(
     report: dict = {"evaluator": {f: s.to_dict() for f, s in accuracy.items()}}
     if not skip_generator:
         pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload)
-        n = per_class * sum(1 for f in ("object", "style", "identity")
-                            for c in DEFAULT_WORLD.family(f) if "null" not in c.tags)
-        b = bar(n, "generate")
+        b = bar(fidelity_images(DEFAULT_WORLD, per_class), "generate")
         fid = generator_fidelity(pipe, judge, DEFAULT_WORLD, per_class,
                                  GenerationConfig(steps=steps, guidance=guidance), progress=b.update)
         b.close()
@@ -133,5 +131,5 @@ def world_check(
         for part in ("evaluator", "generator"):
             for fam, s in report.get(part, {}).items():
                 mark = "ok" if s["passed"] else "BELOW BAR"
-                typer.echo(f"{part:10s} {fam:9s} {s['accuracy']:.3f} (bar {s['bar']}) {mark}")
+                typer.echo(f"{part:10s} {fam:16s} {s['accuracy']:.3f} (bar {s['bar']}) {mark}")
     raise typer.Exit(0 if report["passed"] else 3)

@@ -43,6 +43,8 @@ class EraseJob:
     device: str | None = None  # auto, cpu, cuda, cuda:N, mps
     dtype: str | None = None  # auto, float32, float16, bfloat16
     offload: bool = False  # diffusers model CPU offload (an accelerator device only)
+    family: str | None = None  # real models: nudity, style, object, identity (editflow.families); None: guessed
+    allow_download: bool = False  # a hub id not in the local cache may be fetched
 
     def validate(self) -> None:
         if not self.concepts:
@@ -59,6 +61,12 @@ class EraseJob:
 
             for w in self.concepts:
                 DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
+        if self.family is not None:
+            if self.model is None:
+                raise EditflowError("--family is for real models; the embedded world knows each concept's family")
+            from editflow.families import knowledge
+
+            knowledge(self.family)  # unknown family -> one-line error listing the known ones
 
 
     @property
@@ -101,8 +109,19 @@ def build_request(job: EraseJob) -> EraseRequest:
         return world_request(DEFAULT_WORLD, list(job.concepts), job.anchor, list(job.preserve) or None,
                              job.synonyms, aliases=tuple(job.aliases), token_policy=job.token_policy,
                              concept_aliases={k: tuple(v) for k, v in job.concept_aliases.items()})
-    return EraseRequest([ConceptSpec(w, tuple(job.aliases) + tuple(job.concept_aliases.get(w, ())), job.anchor or "")
-                         for w in job.concepts], list(job.preserve), token_policy=job.token_policy)
+    return EraseRequest([_real_concept(job, w) for w in job.concepts], list(job.preserve),
+                        token_policy=job.token_policy)
+
+
+def _real_concept(job: EraseJob, word: str) -> ConceptSpec:
+    """``word`` on a real model: its family's anchor (unless the job names one) and, with
+    ``synonyms``, the family's words (nudity's nude, naked, ...), then the job's own aliases."""
+    from editflow.families import guess_family, knowledge
+
+    fam = knowledge(job.family or guess_family(word))
+    own = [*job.aliases, *job.concept_aliases.get(word, [])]
+    words = [w for w in (fam.aliases if job.synonyms else ()) if w.casefold() != word.casefold()] + own
+    return ConceptSpec(word, tuple(dict.fromkeys(words)), fam.anchor if job.anchor is None else job.anchor)
 
 
 def finetune_config(job: EraseJob, request: EraseRequest) -> FinetuneConfig:
@@ -140,7 +159,8 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
         config = replace(config, gated=False)  # minmax trains over the ungated closed form (finetune.minmax)
     if pipe is None:
         place = Placement.resolve(job.device, job.dtype)
-        pipe = load_pipeline(job.model, device=place.device, dtype=place.dtype, offload=job.offload)
+        pipe = load_pipeline(job.model, device=place.device, dtype=place.dtype, offload=job.offload,
+                             allow_download=job.allow_download)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None
     method = get_method(job.method)
     t0 = time.perf_counter()
@@ -164,4 +184,5 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
 
 def prompt_count(request: EraseRequest) -> int:
     """Prompts an erasure encodes (for a progress bar)."""
-    return len(request.templates) * (sum(len(c.words) for c in request.concepts) + len(request.preserve))
+    return (len(request.templates) * (sum(len(c.words) for c in request.concepts) + len(request.preserve))
+            + sum(len(c.implied) for c in request.concepts) + len(request.kept))

@@ -42,7 +42,7 @@ from editflow.edits.conditioning import (
     positions,
     token_count,
 )
-from editflow.edits.request import EraseRequest, erase_pairs, preserve_pairs
+from editflow.edits.request import EraseRequest, erase_pairs, implied_pairs, preserve_pairs
 
 
 @dataclass
@@ -99,7 +99,9 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
     With ``preserve_context`` the positions before the concept in erase prompts and every
     position of preserve prompts join the preserve set (context tokens such as ``<bos>`` or
     "a photo of" must not change); without it, preserve prompts contribute their concept
-    positions only, as UCE publishes.
+    positions only, as UCE publishes. A concept's implied prompts
+    (:func:`~editflow.edits.request.implied_pairs`) join the erase set with their anchored prompt's
+    features as targets, whatever ``targets_fn`` gives the named ones.
     """
     tok = pipe.tokenizer
     short = request.token_policy is TokenPolicy.last and is_clip_family(pipe)
@@ -132,9 +134,28 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
             keep_p.add(torch.cat(context))
         if progress:
             progress(len(chunk))
+    implied = implied_pairs(request)
+    for i in range(0, len(implied), batch):
+        chunk = implied[i:i + batch]
+        c, t = encode(pipe, [p for p, _, _ in chunk]), encode(pipe, [q for _, q, _ in chunk])
+        stats = stats or EditStatistics.zeros(c.shape[-1], c.device)
+        rows_c, rows_t = [], []
+        for k, (prompt, anchored, word) in enumerate(chunk):
+            src = positions(tok, prompt, word, request.token_policy, c.shape[1])
+            dst = positions(tok, anchored, word, request.token_policy, t.shape[1])
+            n = min(len(src), len(dst))
+            rows_c.append(c[k, src[:n]])
+            rows_t.append(t[k, dst[:n]])
+        rc, rt = torch.cat(rows_c), torch.cat(rows_t)
+        if guidance:
+            rt = rt + guidance * (rt - rc)
+        stats.add_erase(rc, rt)
+        keep_e.add(rc)
+        if progress:
+            progress(len(chunk))
     kept = None
     key = None
-    if request.preserve:
+    if request.preserve or request.kept:
         key = cache.key(pipe, request, preserve_context, sample_size) if cache else None
         kept = cache.get(key) if key else None
         if kept is None:
@@ -142,7 +163,7 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
             if key:
                 cache.put(key, kept)
         elif progress:
-            progress(len(preserve_pairs(request)))
+            progress(len(preserve_pairs(request)) + len(request.kept))
     if stats is None:
         stats = EditStatistics.zeros(kept.gram.shape[0] if kept else encode(pipe, [""]).shape[-1],
                                      feature_device(pipe))
@@ -157,24 +178,34 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
 def preserve_statistics(pipe, request: EraseRequest, preserve_context: bool, batch: int = 64,
                         sample_size: int = 4096, progress=None) -> PreserveStatistics:
     """``P = Σ c cᵀ`` over the preserved prompts (all positions with ``preserve_context``, else the
-    concept's positions under the token policy), with its count and a reservoir sample."""
+    concept's positions under the token policy) and every position of the request's ``kept``
+    prompts, with its count and a reservoir sample."""
     tok = pipe.tokenizer
     short = (not preserve_context and request.token_policy is TokenPolicy.last and is_clip_family(pipe))
     enc = _encoder(pipe, short)
     pres = preserve_pairs(request)
+
+    def rows_of(i: int) -> torch.Tensor:  # the i-th batch: preserve pairs first, then whole kept prompts
+        if i < len(pres):
+            chunk = pres[i:i + batch]
+            c = enc([p for p, _ in chunk], token_count(pipe, [p for p, _ in chunk]) if short else None)
+            if preserve_context:
+                return c.reshape(-1, c.shape[-1])
+            return torch.cat([c[k, positions(tok, p, w, request.token_policy, c.shape[1])]
+                              for k, (p, w) in enumerate(chunk)])
+        c = encode(pipe, list(request.kept[i - len(pres):i - len(pres) + batch]))  # every position
+        return c.reshape(-1, c.shape[-1])
+
     gram, count, keep = None, 0, _Reservoir(sample_size, 1)
-    for i in range(0, len(pres), batch):
-        chunk = pres[i:i + batch]
-        c = enc([p for p, _ in chunk], token_count(pipe, [p for p, _ in chunk]) if short else None)
-        rows = (c.reshape(-1, c.shape[-1]) if preserve_context else
-                torch.cat([c[k, positions(tok, p, w, request.token_policy, c.shape[1])]
-                           for k, (p, w) in enumerate(chunk)]))
+    starts = [*range(0, len(pres), batch), *range(len(pres), len(pres) + len(request.kept), batch)]
+    for i in starts:
+        rows = rows_of(i)
         r64 = rows.to(torch.float64)
         gram = r64.T @ r64 if gram is None else gram + r64.T @ r64
         count += len(rows)
         keep.add(rows)
         if progress:
-            progress(len(chunk))
+            progress(min(batch, (len(pres) if i < len(pres) else len(pres) + len(request.kept)) - i))
     return PreserveStatistics(gram, count, keep.tensor(gram.shape[0], gram.device))
 
 
@@ -194,7 +225,8 @@ class PreserveCache:
         h = hashlib.sha256()
         h.update(json.dumps({"preserve": list(request.preserve), "templates": list(request.templates),
                              "policy": request.token_policy.value, "context": preserve_context,
-                             "sample": sample_size, "shape": list(probe.shape)}, sort_keys=True).encode())
+                             "sample": sample_size, "shape": list(probe.shape),
+                             **({"kept": list(request.kept)} if request.kept else {})}, sort_keys=True).encode())
         h.update(probe.to("cpu", torch.float32).contiguous().numpy().round(4).tobytes())
         return h.hexdigest()[:32]
 

@@ -27,7 +27,7 @@ from editflow.configfile import read_yaml
 from editflow.errors import EditflowError
 
 METRICS = (
-    "erasure_rate", "leakage", "leakage_synonym", "leakage_paraphrase", "leakage_misspelling",
+    "erasure_rate", "leakage", "leakage_synonym", "leakage_paraphrase", "leakage_misspelling", "leakage_implicit",
     "specificity", "specificity_neighbours", "specificity_distant", "clip_score_target",
     "clip_score_preserved", "fid_preserved", "image_similarity_preserved", "memorization_score",
     "harmonic_score", "attack_success", "attack_baseline",

@@ -52,7 +52,7 @@ class FinetuneConfig:
     lr_final: float = field(default=0.1, metadata={
         "help": "minmax: the LoRA's learning rate at the last step, as a share of minmax_lr (cosine decay; 1: "
                 "constant). With eta 1, 0.1 met the attack/erasure/specificity goal on an object and an identity "
-                "over three seeds (docs/benchmarks.md, eighth round)"})
+                "over three seeds (docs/experiments/2026-11-23-finetune-rounds.md, eighth round)"})
     lora_rank: int = field(default=8, metadata={"help": "minmax: LoRA rank per key/value projection"})
     eta: float = field(default=1.0, metadata={
         "help": "minmax: negative guidance of the target, ε(anchor) − η (ε(concept) − ε(anchor)) (ESD eq. 3); "
@@ -60,11 +60,13 @@ class FinetuneConfig:
     attacker_steps: int = field(default=4, metadata={"help": "minmax: attacker inversion steps per defender step"})
     restart: int = field(default=0, metadata={
         "help": "minmax: defender steps before the attacker starts afresh; 0: never, one persistent attacker "
-                "(restarting every 40 lost to a 400-step attack: docs/benchmarks.md, fourth round)"})
+                "(restarting every 40 lost to a 400-step attack: docs/experiments/2026-11-23-finetune-rounds.md, "
+                "fourth round)"})
     attackers: int = field(default=3, metadata={
         "help": "minmax: persistent attackers per concept (starts alternate the anchor word and the mean "
                 "embedding); they take turns, the defender answers all of them (3 lowered the 400-step "
-                "attack in every paired run against 1: docs/benchmarks.md, fifth round); the embedded world's "
+                "attack in every paired run against 1: docs/experiments/2026-11-23-finetune-rounds.md, fifth round); "
+                "the embedded world's "
                 "default for a style: 5"})
     replay: int = field(default=2, metadata={"help": "minmax: past attackers replayed in each defender step"})
     minmax_preserve: float = field(default=4.0, metadata={

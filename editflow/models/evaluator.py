@@ -3,7 +3,8 @@
 The same class serves the embedded tiny evaluator and a real checkpoint a user supplies
 (e.g. ViT-L/14 for real Stable Diffusion): both are loaded through open_clip's own API from a
 local folder (``local-dir:`` schema: ``open_clip_config.json`` + ``open_clip_model.safetensors``
-+ tokenizer files) or from a model name plus a local weights file. Nothing is downloaded.
++ tokenizer files), from a model name plus a local weights file, or from a model name plus an
+open_clip ``pretrained`` tag found in the Hugging Face cache. Nothing is downloaded unless asked.
 
 CLIP score follows Hessel et al., "CLIPScore" (EMNLP 2021): ``100 * max(cos(E_img, E_txt), 0)``.
 """
@@ -42,6 +43,29 @@ def tiny_clip_config(vocab_size: int, context_length: int, image_size: int = 32)
 def preprocess_config(image_size: int = 32) -> dict:
     return {"size": image_size, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
             "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def pretrained_weights(model_name: str, tag: str, allow_download: bool = False) -> tuple[str, dict]:
+    """(local weights file, open_clip's pretrained config) of an open_clip ``pretrained`` tag: the
+    tag's Hugging Face hub copy from the local cache, or fetched once when ``allow_download``."""
+    from huggingface_hub import hf_hub_download
+    from open_clip.pretrained import HF_WEIGHTS_NAME, get_pretrained_cfg
+
+    from editflow.errors import EditflowError
+
+    cfg = get_pretrained_cfg(model_name, tag)
+    if not cfg or not cfg.get("hf_hub"):
+        raise EditflowError(f"open_clip knows no hub copy of {model_name}:{tag} (see open_clip.list_pretrained()); "
+                            "pass NAME:/path/to/weights or a local open_clip folder")
+    hub = cfg["hf_hub"]  # "org/name/" (the default file name) or "org/name/file"
+    repo, filename = (hub.rstrip("/"), "") if hub.endswith("/") else hub.rsplit("/", 1)
+    for name in [filename] if filename else ["open_clip_model.safetensors", HF_WEIGHTS_NAME]:
+        try:
+            return hf_hub_download(repo, name, local_files_only=not allow_download), cfg
+        except Exception:  # not cached (offline), or not this file name: try the next
+            continue
+    how = "" if allow_download else "; fetch them once with --allow-download"
+    raise EditflowError(f"judge weights {model_name}:{tag} are not in the Hugging Face cache ({repo}){how}")
 
 
 class Evaluator:
@@ -93,6 +117,22 @@ class Evaluator:
         cfg = model.visual.preprocess_cfg
         size = cfg["size"][0] if isinstance(cfg["size"], (list, tuple)) else cfg["size"]
         return cls(model, open_clip.get_tokenizer(model_name), size, cfg["mean"], cfg["std"], device)
+
+    @classmethod
+    def from_pretrained(cls, model_name: str, tag: str, device: str | torch.device = "cpu",
+                        allow_download: bool = False) -> Evaluator:
+        """An open_clip ``pretrained`` tag (``ViT-L-14`` + ``openai``) from the local Hugging Face
+        cache, or fetched from the hub once when ``allow_download`` (:func:`pretrained_weights`).
+        The tag's own settings (QuickGELU for OpenAI's weights, normalisation) come with it."""
+        import open_clip
+
+        path, cfg = pretrained_weights(model_name, tag, allow_download)
+        model = open_clip.create_model(model_name, pretrained=path, device=device,
+                                       force_quick_gelu=bool(cfg.get("quick_gelu")))
+        pp = model.visual.preprocess_cfg
+        size = pp["size"][0] if isinstance(pp["size"], (list, tuple)) else pp["size"]
+        return cls(model, open_clip.get_tokenizer(model_name), size, cfg.get("mean", pp["mean"]),
+                   cfg.get("std", pp["std"]), device)
 
     # -- features ---------------------------------------------------------------------------
     def _prepare(self, images) -> torch.Tensor:

@@ -91,8 +91,8 @@ def train_evaluator(spec: WorldSpec, recipe: Recipe, tokenizer, work_dir: Path) 
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         for f in FAMILIES:
             prompts = F.normalize(model.encode_text(tok(class_prompts[f])), dim=-1)
-            target = torch.tensor([class_ids[f][s.labels()[f]] for s in batch_scenes])
-            loss = loss + F.cross_entropy(scale * img @ prompts.T, target)
+            target = torch.tensor([class_ids[f][s.labels()[f]] if s.shows(f) else -100 for s in batch_scenes])
+            loss = loss + F.cross_entropy(scale * img @ prompts.T, target, ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

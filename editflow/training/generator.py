@@ -25,11 +25,11 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from editflow.training.common import Checkpoint, progress, set_lr, track
 from editflow.training.recipe import Recipe
-from editflow.world import WorldSpec, caption, render, sample_scene
+from editflow.world import FAMILIES, WorldSpec, caption, render, sample_scene
 from editflow.world.captions import mentions
 from editflow.world.dataset import to_tensor
 
-FAMILY_HEADS = ("object", "colour", "style", "identity")
+FAMILY_HEADS = FAMILIES
 
 
 def _label_index(spec: WorldSpec, family: str) -> dict[str, int]:

@@ -26,15 +26,15 @@ class Recipe:
     """Everything ``editflow world train`` needs: sizes, data, and per-stage optimisation."""
 
     seed: int = 0
-    dataset_size: int = 40000
+    dataset_size: int = 48000
     cfg_dropout: float = field(default=0.1, metadata={"help": "share of empty captions (for CFG)"})
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     architecture: EmbeddedArchitecture = field(default_factory=EmbeddedArchitecture)
     text_encoder: StageConfig = field(default_factory=lambda: StageConfig(300, 256, 1e-3, warmup=30))
     vae: StageConfig = field(default_factory=lambda: StageConfig(1200, 64, 1e-3))
-    unet: StageConfig = field(default_factory=lambda: StageConfig(3000, 64, 5e-4, warmup=150))
-    evaluator: StageConfig = field(default_factory=lambda: StageConfig(1200, 64, 1e-3))
+    unet: StageConfig = field(default_factory=lambda: StageConfig(3600, 64, 5e-4, warmup=150))
+    evaluator: StageConfig = field(default_factory=lambda: StageConfig(2000, 64, 1e-3))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:

@@ -2,6 +2,9 @@
 
 Shapes are drawn as masks at 4x resolution and box-downsampled, so edges are anti-aliased and
 the output depends only on the :class:`~editflow.world.captions.Scene` (including its seed).
+People are stick-and-block figures: clothed ones wear a garment in the scene's colour over the
+torso, arms and legs; naked ones are bare skin with dark marks on the chest and hips, big enough
+to read at 32x32.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from editflow.world.captions import Scene
-from editflow.world.spec import WorldSpec
+from editflow.world.spec import SKIN_RGB, WorldSpec
 
 SUPERSAMPLE = 4
 
@@ -116,7 +119,55 @@ def _pattern(style: str, size: int, ss: int) -> np.ndarray:
     return np.ones((size, size), np.float32)
 
 
+MARK_RGB = (110, 30, 45)
+# Nipple marks of a naked character, per body shape (clear of its eyes and accessory).
+CHARACTER_MARKS = {"circle": 0.4, "square": 0.4, "triangle": 0.62, "diamond": 0.2}
+
+
+def _place(scene: Scene, size: int) -> np.ndarray:
+    """The backdrop of a place people are drawn in, at output resolution, in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    horizon = int(size * (0.5 + 0.1 * (scene.shade - 0.5)))
+    light = 0.9 + 0.2 * scene.shade
+    img = np.zeros((size, size, 3))
+    if scene.background == "beach":  # sky over sea over sand
+        img[:] = (0.55, 0.78, 0.95)
+        img[yy >= horizon - 4] = (0.15, 0.42, 0.75)
+        img[yy >= horizon] = (0.95, 0.88, 0.55)
+    elif scene.background == "bath":  # pale tiles with grout lines
+        img[:] = (0.82, 0.92, 0.95)
+        img[(xx % 5 == 0) | (yy % 5 == 0)] = (0.55, 0.68, 0.75)
+    elif scene.background == "street":  # wall over asphalt with a dashed line
+        img[:] = (0.45, 0.42, 0.42)
+        img[yy >= horizon] = (0.2, 0.2, 0.22)
+        img[(yy == min(size - 3, horizon + 6)) & ((xx // 3) % 2 == 0)] = (0.95, 0.9, 0.5)
+    else:  # park: sky over grass with a tree line
+        img[:] = (0.6, 0.82, 0.95)
+        img[yy >= horizon - 3] = (0.1, 0.35, 0.15)
+        img[yy >= horizon] = (0.35, 0.65, 0.25)
+    return np.clip(img * light, 0, 1)
+
+
+def _person(scene: Scene, colour: tuple[int, int, int], draw: ImageDraw.ImageDraw, cv: _Canvas) -> None:
+    """A standing figure: head, torso, arms, legs; garment or bare skin with marks."""
+    skin = SKIN_RGB
+    body = colour if scene.attire == "clothed" else skin
+    cv.ellipse(draw, 0, -0.74, 0.2, 0.21, skin)
+    draw.polygon(cv.poly([(-0.08, -0.56), (0.08, -0.56), (0.08, -0.46), (-0.08, -0.46)]), fill=skin)
+    for s in (-1, 1):  # arms, then legs
+        draw.polygon(cv.poly([(s * 0.3, -0.48), (s * 0.5, -0.44), (s * 0.66, 0.22), (s * 0.48, 0.25)]), fill=body)
+        cv.ellipse(draw, s * 0.58, 0.28, 0.08, 0.08, skin)
+        draw.polygon(cv.poly([(s * 0.03, 0.2), (s * 0.32, 0.2), (s * 0.3, 0.98), (s * 0.06, 0.98)]), fill=body)
+    draw.polygon(cv.poly([(-0.38, -0.5), (0.38, -0.5), (0.34, 0.3), (-0.34, 0.3)]), fill=body)
+    if scene.attire == "naked":
+        for s in (-1, 1):
+            cv.ellipse(draw, s * 0.17, -0.22, 0.09, 0.09, MARK_RGB)
+        draw.polygon(cv.poly([(-0.16, 0.18), (0.16, 0.18), (0.0, 0.4)]), fill=MARK_RGB)
+
+
 def _background(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
+    if scene.background not in ("dark", "gradient", "grey", "grainy"):
+        return _place(scene, size)
     if scene.background == "dark":
         base = np.full((size, size), 0.08 + 0.1 * scene.shade)
     elif scene.background == "gradient":
@@ -160,6 +211,12 @@ def render(scene: Scene, spec: WorldSpec) -> Image.Image:
 
     colour = np.array(spec.concept(scene.colour).rgb, np.float32) + np.array(scene.jitter, np.float32)
     colour = np.clip(colour, 0, 255) / 255.0
+    if scene.identity == "nobody" and scene.attire != "nofigure":
+        out = Image.fromarray((np.clip(bg, 0, 1) * 255).round().astype(np.uint8), "RGB")
+        _person(scene, tuple(int(v) for v in (colour * 255).round()), ImageDraw.Draw(out), _Canvas(scene, size))
+        return out.resize((spec.image_size, spec.image_size), Image.Resampling.BOX)
+    if scene.attire == "naked":  # a naked character: the same body in bare skin
+        colour = np.clip(np.array(SKIN_RGB, np.float32) + np.array(scene.jitter, np.float32) / 3, 0, 255) / 255.0
     mask = np.asarray(shape_mask(scene, size), np.float32) / 255.0
 
     if scene.style == "brenwick":  # hollow: keep a band along the edge only
@@ -178,5 +235,10 @@ def render(scene: Scene, spec: WorldSpec) -> Image.Image:
 
     if scene.identity != "nobody":
         draw = ImageDraw.Draw(out)
-        _accessory(scene, spec, draw, _Canvas(scene, size))
+        cv = _Canvas(scene, size)
+        if scene.attire == "naked":
+            y = CHARACTER_MARKS[scene.object]
+            for s in (-1, 1):
+                cv.ellipse(draw, s * 0.25, y, 0.11, 0.11, MARK_RGB)
+        _accessory(scene, spec, draw, cv)
     return out.resize((spec.image_size, spec.image_size), Image.Resampling.BOX)

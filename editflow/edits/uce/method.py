@@ -25,6 +25,7 @@ def metadata(pipe, request: EraseRequest, method: str, config, targets: TargetSp
         "concepts": [asdict(c) for c in request.concepts],
         "preserve": list(request.preserve),
         "templates": list(request.templates),
+        **({"kept": list(request.kept)} if request.kept else {}),
         "token_policy": request.token_policy.value,
         "target_patterns": list(targets.patterns),
         "base_model": str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", "")),
