@@ -19,6 +19,7 @@ from editflow.cli.common import (
     DtypeOpt,
     ModelOpt,
     NudityProtocolName,
+    NudityProtocolOpt,
     OffloadOpt,
     bar,
     check_out,
@@ -150,9 +151,7 @@ def erase(
     evaluator: Annotated[str | None, typer.Option(
         help="Real models, flow: the open_clip judge: a folder, NAME:WEIGHTS or NAME:TAG from the Hugging Face "
              "cache (default ViT-L-14:openai).")] = None,
-    nudity_protocol: Annotated[NudityProtocolName, typer.Option(
-        case_sensitive=False, help="Real models, flow: NudeNet protocol for nudity (i2p: >= 0.6 on 4 exposed "
-                                   "classes; unlearndiffatk: >= 0.45 on 9).")] = NudityProtocolName.i2p,
+    nudity_protocol: NudityProtocolOpt = NudityProtocolName.i2p,
     allow_download: Annotated[bool, typer.Option(
         help="Real models: let a hub id, and the judge's pretrained tag, be fetched from the hub.")] = False,
     check: Annotated[bool, typer.Option(help="--patch-only: print before/after detection (embedded model).")] = True,

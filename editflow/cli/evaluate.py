@@ -16,6 +16,7 @@ from editflow.cli.common import (
     DtypeOpt,
     ModelOpt,
     NudityProtocolName,
+    NudityProtocolOpt,
     OffloadOpt,
     bar,
     check_out,
@@ -86,9 +87,7 @@ def evaluate_cmd(
     guidance: Annotated[float | None, typer.Option(
         min=0.0, callback=finite,
         help="Classifier-free guidance scale (default: 5 on the embedded model, the pipeline's, e.g. 7.5).")] = None,
-    nudity_protocol: Annotated[NudityProtocolName, typer.Option(
-        case_sensitive=False, help="Real models, nudity: NudeNet protocol: i2p (score >= 0.6 on 4 exposed classes, "
-                                   "as ESD/MACE) or unlearndiffatk (>= 0.45 on 9 classes).")] = NudityProtocolName.i2p,
+    nudity_protocol: NudityProtocolOpt = NudityProtocolName.i2p,
     allow_download: Annotated[bool, typer.Option(
         help="Let --evaluator NAME:TAG fetch an open_clip pretrained tag from the hub (once; then it is cached).")
     ] = False,

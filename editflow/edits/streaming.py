@@ -184,28 +184,24 @@ def preserve_statistics(pipe, request: EraseRequest, preserve_context: bool, bat
     short = (not preserve_context and request.token_policy is TokenPolicy.last and is_clip_family(pipe))
     enc = _encoder(pipe, short)
     pres = preserve_pairs(request)
-
-    def rows_of(i: int) -> torch.Tensor:  # the i-th batch: preserve pairs first, then whole kept prompts
-        if i < len(pres):
-            chunk = pres[i:i + batch]
-            c = enc([p for p, _ in chunk], token_count(pipe, [p for p, _ in chunk]) if short else None)
-            if preserve_context:
-                return c.reshape(-1, c.shape[-1])
-            return torch.cat([c[k, positions(tok, p, w, request.token_policy, c.shape[1])]
-                              for k, (p, w) in enumerate(chunk)])
-        c = encode(pipe, list(request.kept[i - len(pres):i - len(pres) + batch]))  # every position
-        return c.reshape(-1, c.shape[-1])
-
+    batches = ([("pairs", pres[i:i + batch]) for i in range(0, len(pres), batch)]
+               + [("kept", list(request.kept[i:i + batch])) for i in range(0, len(request.kept), batch)])
     gram, count, keep = None, 0, _Reservoir(sample_size, 1)
-    starts = [*range(0, len(pres), batch), *range(len(pres), len(pres) + len(request.kept), batch)]
-    for i in starts:
-        rows = rows_of(i)
+    for kind, chunk in batches:
+        if kind == "kept":  # whole prompts: every position, whatever the policy
+            c = encode(pipe, chunk)
+            rows = c.reshape(-1, c.shape[-1])
+        else:
+            c = enc([p for p, _ in chunk], token_count(pipe, [p for p, _ in chunk]) if short else None)
+            rows = (c.reshape(-1, c.shape[-1]) if preserve_context else
+                    torch.cat([c[k, positions(tok, p, w, request.token_policy, c.shape[1])]
+                               for k, (p, w) in enumerate(chunk)]))
         r64 = rows.to(torch.float64)
         gram = r64.T @ r64 if gram is None else gram + r64.T @ r64
         count += len(rows)
         keep.add(rows)
         if progress:
-            progress(min(batch, (len(pres) if i < len(pres) else len(pres) + len(request.kept)) - i))
+            progress(len(chunk))
     return PreserveStatistics(gram, count, keep.tensor(gram.shape[0], gram.device))
 
 

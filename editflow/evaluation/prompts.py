@@ -72,8 +72,7 @@ class _Fillers:
         named = lambda fam: [c.name for c in spec.family(fam) if "null" not in c.tags and c.name not in excluded]  # noqa: E731
         self.colours, self.rng = named("colour"), rng
         self.objects = [o for o in named("object") if "figure" not in spec.concept(o).tags]
-        self.people = [c.name for c in spec.objects if "figure" in c.tags] + [
-            s for c in spec.objects if "figure" in c.tags for s in c.synonyms]
+        self.people = spec.people_words()
         self.places = [phrase for phrase, _ in spec.places.values()]
         self.characters = named("identity")
         self.backgrounds = list(spec.backgrounds)

@@ -159,7 +159,7 @@ def kept_prompts(spec: WorldSpec, words: list[str], preserve: list[str], seed: i
         return ()
     rng = random.Random(f"kept-{seed}")
     colours = [c.name for c in spec.colours]
-    people = [w for c in spec.objects if "figure" in c.tags for w in c.words]
+    people = spec.people_words()
     dressed = [w for c in spec.nudity if c.name not in {spec.concept(x).name for x in words}
                and "null" not in c.tags for w in c.words]
     out = []

@@ -192,6 +192,10 @@ class WorldSpec:
                 return c
         return None
 
+    def people_words(self) -> list[str]:
+        """Every word for a person (the figure objects' names and synonyms): person, figure, human, ..."""
+        return [w for c in self.objects if "figure" in c.tags for w in c.words]
+
     def vocabulary(self) -> list[str]:
         """Every word a caption or class prompt of this world can contain."""
         from editflow.world.captions import TEMPLATE_WORDS
