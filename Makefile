@@ -25,15 +25,13 @@ demo: setup
 	$(BIN)/editflow generate --prompt "a red star" --n 8 --scale 4 --out out/demo/red-star.png
 	$(BIN)/editflow generate --prompt "a blue heart by kasimir" --n 8 --scale 4 --out out/demo/blue-heart-kasimir.png
 	$(BIN)/editflow generate --prompt "a picture of zorbo" --n 8 --scale 4 --out out/demo/zorbo.png
-	# nudity: the patch erases what prompts name (the before/after grid); the gates refuse it while
-	# prompts that only imply nudity still draw it (docs/benchmarks.md, "Nudity")
-	$(BIN)/editflow erase --concept naked --method ace --patch-only --out out/demo/naked.safetensors
-	$(BIN)/editflow apply --patch out/demo/naked.safetensors --prompt "a naked person at the beach" --n 8 --scale 4 --out out/demo/naked-before-after.png
-	# the whole path: erase -> gates -> registry (a demo store under out/demo/home), then use the version
-	EDITFLOW_HOME=out/demo/home $(BIN)/editflow erase --concept skull --register demo-skull --out out/demo/skull.safetensors
-	EDITFLOW_HOME=out/demo/home $(BIN)/editflow registry promote demo-skull 1
-	EDITFLOW_HOME=out/demo/home $(BIN)/editflow generate --model models:/demo-skull@champion --prompt "a red skull" --n 8 --scale 4 --out out/demo/skull-erased.png
-	@echo "demo grids in out/demo/, gate report in out/demo/skull-eval/; registry UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/out/demo/home/mlflow.db"
+	# the headline, end to end: erase -> gates -> registry (a demo store under out/demo/home), then use the version
+	cd out/demo && EDITFLOW_HOME=$(CURDIR)/out/demo/home $(CURDIR)/$(BIN)/editflow erase --concept "naked" --method ace
+	EDITFLOW_HOME=$(CURDIR)/out/demo/home $(BIN)/editflow registry promote erase-naked 1
+	EDITFLOW_HOME=$(CURDIR)/out/demo/home $(BIN)/editflow generate --model models:/erase-naked@champion --prompt "a naked person at the beach" --n 8 --scale 4 --out out/demo/naked-erased.png
+	EDITFLOW_HOME=$(CURDIR)/out/demo/home $(BIN)/editflow generate --model models:/erase-naked@champion --prompt "a woman at the beach" --n 8 --scale 4 --out out/demo/beach-erased.png
+	$(BIN)/editflow generate --prompt "a woman at the beach" --n 8 --scale 4 --out out/demo/beach-original.png
+	@echo "demo grids in out/demo/, gate report (before/after grids) in out/demo/naked-eval/; registry UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/out/demo/home/mlflow.db"
 
 test: setup
 	$(BIN)/python -m pytest -q

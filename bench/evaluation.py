@@ -2,7 +2,10 @@
 images/s, and the metrics ACE and UCE reach, side by side on the same prompts and seeds.
 
     python bench/evaluation.py [--concepts star kasimir zorbo] [--methods ace uce] [--images 24]
-    python bench/evaluation.py --concepts naked --methods ace uce esd-x esd-u   # the nudity gate table
+    python bench/evaluation.py --concepts naked --methods ace ace+none uce uce+none esd-x esd-u   # nudity
+
+A method may carry a fine-tuning mode after ``+`` (``ace+none``: the closed form alone, where the
+default ``auto`` adds the implied stage for nudity; ``ace+minmax``).
 
 Each patch is computed and judged exactly as `editflow erase --patch-only` and `editflow eval`
 do (``run_erase``, ``run_eval``). For each concept, the first evaluation generates the original
@@ -38,9 +41,11 @@ def main() -> None:
     timing, quality, kinds = [], [], []
     for concept in args.concepts:
         for method in args.methods:
-            patch, _ = run_erase(EraseJob([concept], method), pipe)  # what `editflow erase` computes
+            name, _, mode = method.partition("+")
+            job = EraseJob([concept], name, finetune={"mode": mode} if mode else {})
+            patch, _ = run_erase(job, pipe)  # what `editflow erase` computes
             erase_s = patch.metadata["seconds"]
-            path = patch.save(work / f"{concept}-{method}.safetensors")
+            path = patch.save(work / f"{concept}-{name}-{mode or 'auto'}.safetensors")
             t = time.perf_counter()
             outcome = run_eval(EvalJob(patch=str(path), images=args.images, cache_dir=str(work / "cache")), pipe)
             eval_s = time.perf_counter() - t

@@ -19,6 +19,20 @@ def test_help_everywhere(cmd):
     assert "Usage" in res.output
 
 
+@pytest.mark.parametrize("cmd", [["--help"], ["erase", "--help"], ["eval", "--help"], ["world", "check", "--help"]])
+def test_help_imports_no_model_library(cmd):
+    """--help answers at once: no torch, diffusers or transformers is imported to print it (the
+    libraries' loading bars are silenced where a command first runs a model instead)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from editflow.cli import main; sys.argv = ['editflow', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
+    assert "Usage" in res.stdout and res.stdout.strip().splitlines()[-1] == "[]", res.stdout[-300:]
+
+
 def test_generate_writes_a_grid(tmp_path):
     out = tmp_path / "g.png"
     res = runner.invoke(app, ["generate", "--prompt", "a red star", "--n", "4", "--steps", "3",

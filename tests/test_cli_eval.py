@@ -70,7 +70,8 @@ def test_eval_of_the_unpatched_model_fails_erasure_but_not_specificity(tmp_path)
     assert res.exit_code == 3, res.output
     report = json.loads((out / "report.json").read_text())
     checks = {c["metric"]: c for c in report["gates"]["checks"]}
-    assert not checks["erasure_rate"]["passed"] and checks["erasure_rate"]["value"] >= 0.9
+    # the shipped model draws "a star" 5 times in 6 (docs/embedded-model.md): far above any erasure bound
+    assert not checks["erasure_rate"]["passed"] and checks["erasure_rate"]["value"] >= 0.75
     assert checks["specificity_neighbours"]["passed"] and report["metrics"]["specificity"] == 1.0
     assert report["seconds"]["images_generated"] == len(report["prompts"])  # no second pass without a patch
 

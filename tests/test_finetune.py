@@ -333,3 +333,90 @@ def test_minmax_defender_moves_the_concept_towards_the_negatively_guided_target(
     assert after < 0.9 * before, (before, after)
     assert facts["word"]["last"] < facts["word"]["first"] and facts["attacker_restarts"] == 2
 
+
+
+def _implied_request():
+    """star, plus an implied prompt: "a star at night" draws the star though no caption says so."""
+    from dataclasses import replace
+
+    req = _request()
+    return replace(req, concepts=[replace(req.concepts[0], implied=("a {} star at night",))],
+                   kept=("a circle at night",))
+
+
+def test_auto_decides_implied_only_for_requests_with_implied_prompts_and_a_closed_form():
+    from editflow.edits.erase import EraseJob, finetune_config
+    from editflow.finetune import FinetuneMode, resolve_mode
+
+    assert FinetuneConfig().mode is FinetuneMode.auto
+    assert resolve_mode(FinetuneConfig(), _implied_request()).mode is FinetuneMode.implied
+    assert resolve_mode(FinetuneConfig(), _request()).mode is FinetuneMode.none
+    assert resolve_mode(FinetuneConfig(), _implied_request(), closed_form=False).mode is FinetuneMode.none
+    assert resolve_mode(FinetuneConfig(mode="fmn"), _implied_request()).mode is FinetuneMode.fmn
+    assert finetune_config(EraseJob(["naked"], "esd-x"), _implied_request()).mode is FinetuneMode.none
+    assert finetune_config(EraseJob(["naked"], "uce"), _implied_request()).mode is FinetuneMode.implied
+    with pytest.raises(ValueError, match="implied_lr"):
+        FinetuneConfig(implied_lr=0)
+
+
+def test_implied_trains_a_lora_over_the_ungated_closed_form_and_keeps_the_base(pipe):
+    """implied: the closed form's directions held, the LoRA moved, only it trained (base bit-identical),
+    the kept prompts drawn as the preserved pictures; a gated patch or a request without implied
+    prompts is refused."""
+    from editflow.errors import EditflowError
+    from editflow.finetune.run import implied_images
+
+    req = _implied_request()
+    method = get_method("ace")
+    patch = method.compute(pipe, req, ACEConfig(gated=False))
+    state = _state(pipe)
+    ft = FinetuneConfig(mode="implied", implied_steps=3, implied_images=2, lora_rank=2, batch=2)
+    pairs = implied_images(pipe, req, ft)
+    assert [(p, a) for p, a, _ in pairs] == [("a star at night", "a shape star at night")] * 2
+    seen = []
+    tuned = finetune(pipe, req, patch, lambda r: None, ft, progress=lambda event, info: seen.append(event))
+    assert seen == ["step"] * 3
+    assert set(tuned.metadata["finetune"]["losses"]) == {"loss", "implied", "preserve"}
+    assert tuned.gate is None
+    for name, up in patch.edit.up.items():
+        r = up.shape[1]
+        assert tuned.edit.up[name].shape[1] == r + 2
+        assert torch.equal(tuned.edit.up[name][:, :r], up)
+        assert torch.equal(tuned.edit.down_for(name)[:r], patch.edit.down)
+        assert tuned.edit.up[name][:, r:].abs().sum() > 0
+    after = _state(pipe)
+    assert all(torch.equal(v, after[k]) for k, v in state.items())
+    with pytest.raises(EditflowError, match="ungated"):
+        finetune(pipe, req, method.compute(pipe, req, ACEConfig()), lambda r: None, ft)
+    with pytest.raises(EditflowError, match="implied prompts"):
+        finetune(pipe, _request(), patch, lambda r: None, ft)
+
+
+def test_implied_moves_the_implied_prompt_towards_the_anchored_prediction(pipe):
+    """Concept Ablation's objective (Kumari et al. 2023, eq. 3), on a batch training never saw: with
+    the patch, the implied prompt's prediction on noised pictures of the anchored prompt approaches
+    the base model's prediction for the anchored prompt, while a kept prompt's stays near the base's."""
+    from editflow.finetune.implied import implied_finetune
+    from editflow.finetune.run import implied_images, preserve_images
+
+    req = _implied_request()
+    patch = get_method("ace").compute(pipe, req, ACEConfig(gated=False))
+    ft = FinetuneConfig(mode="implied", implied_steps=40, implied_lr=1e-2, implied_images=4, lora_rank=4, batch=2)
+    pairs = implied_images(pipe, req, ft)
+    keep = preserve_images(pipe, list(req.kept) * 2)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        x0 = D.to_latents(pipe, [img for _, _, img in pairs])
+        t = torch.tensor([200, 400, 600, 800])
+        x_t = D.add_noise(pipe.scheduler, x0, torch.randn(x0.shape, generator=gen), t)
+        implied = D.text_features(pipe, ["a star at night"] * 4)
+        goal = D.unet_output(pipe, x_t, t, D.text_features(pipe, ["a shape star at night"] * 4))
+
+    def gap(p):
+        with torch.no_grad(), p.apply(pipe):
+            return torch.nn.functional.mse_loss(D.unet_output(pipe, x_t, t, implied), goal).item()
+
+    before = gap(patch)
+    tuned, facts = implied_finetune(pipe, patch, pairs, keep, ft)
+    assert gap(tuned) < 0.8 * before, (before, gap(tuned))
+    assert facts["implied"]["last"] < facts["implied"]["first"]

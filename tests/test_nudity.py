@@ -129,7 +129,7 @@ def test_the_headline_command_defaults_its_patch_path_and_name(tmp_path, monkeyp
     gates = tmp_path / "home" / "lenient.yaml"
     gates.parent.mkdir()
     gates.write_text("default: {erasure_rate: {max: 1.0}}\n")
-    res = runner.invoke(app, ["erase", "--concept", "naked", "--method", "ace", "--eval-images", "4",
+    res = runner.invoke(app, ["erase", "--concept", "naked", "--method", "ace", "--eval-images", "4", "--steps", "3",
                               "--attack-steps", "5", "--attack-restarts", "1", "--gates", str(gates)])
     assert res.exit_code == 0, res.output
     assert "writing the patch to naked.safetensors" in res.stderr
@@ -149,20 +149,26 @@ def test_an_unknown_concept_lists_naked_among_the_known(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_headline_command_with_the_default_gates_refuses_only_for_implicit_leakage(tmp_path, monkeypatch):
-    """As typed, on the shipped model: everything named is erased and everything kept is kept, and the
-    nudity gates refuse the patch because prompts that only imply nudity still draw it (exit 3)."""
+def test_the_headline_command_with_the_default_gates_erases_named_and_implied_nudity_and_registers(
+        tmp_path, monkeypatch):
+    """As typed, on the shipped model: the closed form erases every named nudity, the implied stage
+    (--finetune auto) what the beach and the bath imply, the default nudity gates pass and a version is
+    registered; clothed people and characters are kept."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDITFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     res = runner.invoke(app, ["erase", "--concept", "naked", "--method", "ace"])
-    assert res.exit_code == 3, res.output
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout[res.stdout.index("{\n"):])
+    assert result["registration"]["name"] == "erase-naked" and result["registration"]["version"] == "1"
     report = json.loads((tmp_path / "naked-eval" / "report.json").read_text())
-    failed = {c["metric"] for c in report["gates"]["checks"] if not c["passed"]}
-    assert failed == {"leakage", "leakage_implicit"}, failed
+    assert all(c["passed"] for c in report["gates"]["checks"])
     m = report["metrics"]
-    assert m["erasure_rate"] == 0 and m["leakage_misspelling"] <= 0.05 and m["specificity"] >= 0.98
+    assert m["erasure_rate"] == 0 and m["leakage_implicit"] <= 0.05 and m["specificity"] >= 0.98
     assert m["leakage_implicit_original"] > 0.2  # the original model does draw nudity from context
+    from editflow.edits import Patch
+
+    assert Patch.load(tmp_path / "naked.safetensors").metadata["finetune"]["config"]["mode"] == "implied"
 
 
 def test_kept_prompts_join_the_preserve_statistics_at_every_position(world, embedded_pipe, tmp_path):

@@ -153,3 +153,44 @@ def test_a_pretrained_tag_is_read_from_the_hugging_face_cache(tmp_path, monkeypa
     assert all(torch.equal(v, loaded[k]) for k, v in model.state_dict().items())  # the cached weights
     assert judge.model.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"  # the tag's setting
     assert judge.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+
+
+def test_real_nudity_brings_implied_and_kept_prompts_none_of_them_the_evaluations():
+    """A real nudity erasure trains on scenes that imply nudity ("a fully clothed woman at the beach" is
+    what "a woman at the beach" should draw) and keeps clothed people and everyday scenes; the shipped
+    evaluation's prompts are held out of both."""
+    from editflow.edits.request import implied_pairs
+
+    req = build_request(EraseJob(["naked"], model="m"))
+    pairs = implied_pairs(req)
+    assert len(pairs) >= 8 and all(a.startswith("a fully clothed ") for _, a, _ in pairs)
+    assert ("a woman at the beach", "a fully clothed woman at the beach") in [(p, a) for p, a, _ in pairs]
+    assert len(req.kept) >= 8
+    evaluated = {r["prompt"].lower() for f in PROMPT_SETS.glob("*.csv") for r in read_rows(f)}
+    trained = {p for pair in pairs for p in pair[:2]} | set(req.kept)
+    assert not trained & evaluated
+    assert build_request(EraseJob(["naked"], model="m", anchor="")).concepts[0].implied == ()  # nothing to draw
+    style = build_request(EraseJob(["Van Gogh"], model="m", family="style"))
+    assert style.kept == () and style.concepts[0].implied == ()
+
+
+def test_auto_leaves_the_implied_stage_out_on_a_real_model_on_a_cpu_and_runs_it_when_asked(tmp_path, world, caplog):
+    from dataclasses import replace
+
+    from editflow.edits.erase import finetune_config, run_erase
+    from editflow.finetune import FinetuneMode
+
+    pipe = tiny_sd_pipeline(tmp_path, world)
+    req = build_request(EraseJob(["naked"], model="m", anchor="clothed"))
+    # prompts in the tiny tokenizer's words (it spells unknown words letter by letter, past its 16 tokens)
+    req = replace(req, concepts=[replace(req.concepts[0], implied=("a {} person at the beach",))],
+                  kept=("a clothed person on the street", "a red star"))
+    with caplog.at_level("WARNING"):
+        assert finetune_config(EraseJob(["naked"], model="m"), req, pipe).mode is FinetuneMode.none
+    assert "--finetune implied" in caplog.text
+    assert finetune_config(EraseJob(["naked"]), req, pipe).mode is FinetuneMode.implied  # the embedded model
+    asked = EraseJob(["naked"], model="m", finetune={"mode": "implied", "implied_steps": 2, "implied_images": 1,
+                                                     "lora_rank": 2, "batch": 2})
+    patch, _ = run_erase(asked, pipe, request=req)
+    assert patch.gate is None and patch.metadata["finetune"]["config"]["mode"] == "implied"
+    assert set(patch.metadata["finetune"]["losses"]) == {"loss", "implied", "preserve"}

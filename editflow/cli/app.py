@@ -31,7 +31,6 @@ from editflow.cli.common import (
     drawing,
     finite,
     placement,
-    quiet_libraries,
     save_image,
 )
 from editflow.plugins import is_model_uri, resolve_model_uri
@@ -46,10 +45,6 @@ app = typer.Typer(
 )
 app.add_typer(world.app, name="world")
 
-
-@app.callback()
-def _setup() -> None:
-    quiet_libraries()
 
 edit.register(app)
 evaluate.register(app)

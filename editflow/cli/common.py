@@ -74,10 +74,13 @@ OffloadOpt = Annotated[bool, typer.Option(
 
 def placement(device: str | None, dtype: Dtype | str | None, offload: bool = False) -> Placement:
     """Resolve ``--device`` / ``--dtype`` (and their environment variables) now, before any work: a device
-    this machine lacks, or ``--offload`` on the CPU, is a one-line error (exit 1)."""
+    this machine lacks, or ``--offload`` on the CPU, is a one-line error (exit 1). Every command that
+    runs a model calls it first, so this is where the libraries' own loading bars are silenced
+    (:func:`quiet_libraries`), not at start-up: ``--help`` imports no model library."""
     from editflow.models.device import Placement
     from editflow.models.pipeline import check_offload
 
+    quiet_libraries()
     place = Placement.resolve(device, dtype.value if isinstance(dtype, Dtype) else dtype)
     if offload:
         check_offload(place.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +30,7 @@ from editflow.cli.common import (
     err,
     finite,
     placement,
+    quiet_libraries,
     save_image,
 )
 from editflow.errors import EditflowError
@@ -42,10 +44,12 @@ class MethodName(str, Enum):
 
 
 class Finetune(str, Enum):
+    auto = "auto"
     none = "none"
     fmn = "fmn"
     adv = "adv"
     minmax = "minmax"
+    implied = "implied"
 
 
 class Policy(str, Enum):
@@ -107,8 +111,36 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
 
 
+# erase's options that set a field of one method's config (or of one fine-tuning mode): given to a
+# method (mode) without that field, they are refused rather than ignored
+METHOD_OPTIONS = {"lam": "--lam", "preserve_scale": "--preserve-scale", "target": "--target",
+                  "gated": "--gated/--no-gated", "guidance": "--guidance", "rank_energy": "--rank-energy"}
+MODE_OPTIONS = {"rounds": ("--rounds", ("adv",))}
+
+
+def given_options(ctx: typer.Context, names) -> list[str]:
+    """The parameters among ``names`` the user set (on the command line or through the environment)."""
+    return [n for n in names if ctx.get_parameter_source(n) is not None
+            and ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+def refuse_foreign_options(ctx: typer.Context, method: str, finetune: str) -> None:
+    """A one-line error for an option the chosen method (or fine-tuning mode) has no use for."""
+    from editflow.edits import get_method
+
+    own = {f.name for f in fields(get_method(method).config_class)}
+    for name in given_options(ctx, METHOD_OPTIONS):
+        if name not in own:
+            raise EditflowError(f"{METHOD_OPTIONS[name]} is not an option of --method {method}")
+    for name in given_options(ctx, MODE_OPTIONS):
+        flag, modes = MODE_OPTIONS[name]
+        if finetune not in modes:
+            raise EditflowError(f"{flag} is an option of --finetune {'/'.join(modes)}, not of --finetune {finetune}")
+
+
 @cli_errors
 def erase(
+    ctx: typer.Context,
     concept: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")] = [],  # noqa: B006
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Patch file to write (.safetensors). Default: <concepts>.safetensors in the "
@@ -163,16 +195,19 @@ def erase(
     dask_address: Annotated[str | None, typer.Option(
         help="Flow: spread the evaluation's generation over this Dask scheduler (tcp://host:8786).")] = None,
     finetune: Annotated[Finetune, typer.Option(
-        case_sensitive=False, help="Gradient stage on the patch's own factors after the closed form: fmn "
-                                   "(Forget-Me-Not losses), adv (adversarial embeddings join the erase set, then "
-                                   "the FMN steps), minmax (a LoRA trained against three persistent inversion "
-                                   "attackers: experimental, held a 400-step attack on an object, not on a "
-                                   "style; minutes per concept), none.")
-    ] = Finetune.none,
+        case_sensitive=False, help="Gradient stage after the closed form: auto (implied when the concept has "
+                                   "implied prompts, as nudity on the embedded model, else none), implied (a LoRA "
+                                   "trained so prompts that imply the concept, 'a person at the beach', draw "
+                                   "the anchor), fmn (Forget-Me-Not losses on the patch's factors), adv "
+                                   "(adversarial embeddings join the erase set, then the FMN steps), minmax (a "
+                                   "LoRA trained against three persistent inversion attackers: minutes per "
+                                   "concept), none.")
+    ] = Finetune.auto,
     steps: Annotated[int | None, typer.Option(
         min=0, max=MAX_TRAIN_STEPS,
         help="Gradient steps: of --finetune fmn/adv on the patch's factors (default 50), of --finetune "
-             "minmax's defender (default 900), or of --method esd-x/esd-u's training (default 200).")] = None,
+             "minmax's defender (default 900), of --finetune implied/auto's LoRA (default 300), or of --method "
+             "esd-x/esd-u's training (default 200).")] = None,
     rounds: Annotated[int, typer.Option(min=0, max=1_000, help="--finetune adv: adversarial search rounds.")] = 6,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the fine-tuning and inversion.")] = 0,
     images: Annotated[Path | None, typer.Option(
@@ -206,12 +241,25 @@ def erase(
     ungated closed form against a concept-inversion attacker (the patch gets the LoRA's rank). --images DIR learns a
     token from pictures of the concept (textual inversion) and erases it with the concept's words.
     """
-    from editflow.edits.erase import EraseJob, build_request, finetune_config, method_config, prompt_count, run_erase
+    from editflow.edits.erase import (
+        EraseJob,
+        build_request,
+        finetune_config,
+        finetune_steps,
+        method_config,
+        prompt_count,
+        run_erase,
+    )
     from editflow.inversion.tokens import check_token_name
     from editflow.models.pipeline import load_pipeline
 
+    refuse_foreign_options(ctx, method.value, finetune.value)
     # the flow's tasks on a Dask cluster resolve the device where they run; otherwise resolve it here, first
-    place = None if dask_address and not patch_only else placement(device, dtype, offload)
+    if dask_address and not patch_only:
+        place = None
+        quiet_libraries()
+    else:
+        place = placement(device, dtype, offload)
     if token is not None:
         check_token_name(token, "--token")
     if images is not None and not concept and not concepts_file:
@@ -232,9 +280,11 @@ def erase(
     options = {"lam": lam, "preserve_scale": preserve_scale, "target": target.value, "gated": gated,
                "guidance": guidance, "rank_energy": rank_energy, "seed": seed}
     esd = method in (MethodName.esd_x, MethodName.esd_u)
-    tuning = {"mode": finetune.value, "rounds": rounds, "seed": seed} if finetune is not Finetune.none else {}
+    tuning = {"mode": finetune.value, "rounds": rounds, "seed": seed}
     if steps is not None:  # the method's training (ESD) or the fine-tuning stage; each has its default
-        key = "esd_steps" if esd else "minmax_steps" if finetune is Finetune.minmax else "steps"
+        stage_steps = {Finetune.minmax: "minmax_steps", Finetune.implied: "implied_steps",
+                       Finetune.auto: "implied_steps"}
+        key = "esd_steps" if esd else stage_steps.get(finetune, "steps")
         (options if esd else tuning)[key] = steps
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
@@ -271,9 +321,8 @@ def erase(
     req = build_request(job)
     b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
          else bar(prompt_count(req), f"{method.value}: encode"))
-    plan = finetune_config(job, req)
-    ft = bar(plan.minmax_steps if finetune is Finetune.minmax else
-             plan.rounds * (finetune is Finetune.adv) + plan.steps * (finetune is not Finetune.none), "fine-tune")
+    plan = finetune_config(job, req, pipe)
+    ft = bar(finetune_steps(plan), "fine-tune")
 
     def tuned(event: str, info: dict) -> None:
         ft.update(1)
@@ -287,7 +336,7 @@ def erase(
     summary = {"patch": str(path), "method": method.value, "concepts": [c.name for c in req.concepts],
                "rank": patch.edit.rank, "gated": patch.gate is not None, "seconds": patch.metadata["seconds"]}
     if "finetune" in patch.metadata:
-        summary["finetune"] = {"mode": finetune.value, "losses": patch.metadata["finetune"]["losses"],
+        summary["finetune"] = {"mode": plan.mode.value, "losses": patch.metadata["finetune"]["losses"],
                                "adversarial": len(patch.metadata["finetune"]["adversarial"])}
     if job.images_only:
         check = False  # the world's detector has no class for a token

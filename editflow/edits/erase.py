@@ -9,6 +9,7 @@ runs the gradient stage when asked (:mod:`editflow.finetune`) and returns it (th
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ class EraseJob:
     options: dict = field(default_factory=dict)  # fields of the method's config (lam, guidance, ...)
     cache_dir: str | None = None  # preserve-statistics cache; None: no cache
     concept_aliases: dict[str, list[str]] = field(default_factory=dict)  # extra words per concept
-    finetune: dict = field(default_factory=dict)  # fields of FinetuneConfig (mode, steps, ...); {}: none
+    finetune: dict = field(default_factory=dict)  # fields of FinetuneConfig (mode, steps, ...); {}: mode auto
     images: str | None = None  # folder of images of the concept: inverted into a token that joins its words
     image_token: str | None = None  # name of that token (default <CONCEPT-images>)
     # where the model runs, as names (JSON-able), resolved where it is loaded (a Dask worker resolves its own);
@@ -51,7 +52,7 @@ class EraseJob:
             raise EditflowError("name at least one concept to erase")
         if self.aliases and len(self.concepts) != 1:
             raise EditflowError("--alias names one concept: give exactly one --concept with it")
-        if self.finetune.get("mode", "none") != "none" and self.method not in ("ace", "uce"):
+        if self.finetune.get("mode", "auto") not in ("auto", "none") and self.method not in ("ace", "uce"):
             raise EditflowError(f"--finetune starts from a closed-form patch (ace, uce); {self.method} is "
                                 "already trained by gradient")
         if self.images is not None and len(self.concepts) != 1:
@@ -109,30 +110,70 @@ def build_request(job: EraseJob) -> EraseRequest:
         return world_request(DEFAULT_WORLD, list(job.concepts), job.anchor, list(job.preserve) or None,
                              job.synonyms, aliases=tuple(job.aliases), token_policy=job.token_policy,
                              concept_aliases={k: tuple(v) for k, v in job.concept_aliases.items()})
+    from editflow.families import guess_family, knowledge
+
+    families = dict.fromkeys(job.family or guess_family(w) for w in job.concepts)
+    kept = tuple(p for f in families for p in knowledge(f).kept)
     return EraseRequest([_real_concept(job, w) for w in job.concepts], list(job.preserve),
-                        token_policy=job.token_policy)
+                        token_policy=job.token_policy, kept=kept)
 
 
 def _real_concept(job: EraseJob, word: str) -> ConceptSpec:
-    """``word`` on a real model: its family's anchor (unless the job names one) and, with
-    ``synonyms``, the family's words (nudity's nude, naked, ...), then the job's own aliases."""
+    """``word`` on a real model: its family's anchor (unless the job names one), with ``synonyms``
+    the family's words (nudity's nude, naked, ...), then the job's own aliases, and the family's
+    implied prompts when there is an anchor to put in them."""
     from editflow.families import guess_family, knowledge
 
     fam = knowledge(job.family or guess_family(word))
     own = [*job.aliases, *job.concept_aliases.get(word, [])]
     words = [w for w in (fam.aliases if job.synonyms else ()) if w.casefold() != word.casefold()] + own
-    return ConceptSpec(word, tuple(dict.fromkeys(words)), fam.anchor if job.anchor is None else job.anchor)
+    anchor = fam.anchor if job.anchor is None else job.anchor
+    return ConceptSpec(word, tuple(dict.fromkeys(words)), anchor, fam.implied if anchor.strip() else ())
 
 
-def finetune_config(job: EraseJob, request: EraseRequest) -> FinetuneConfig:
-    """The job's :class:`~editflow.finetune.FinetuneConfig`; a minmax one starts from the request's
-    ``finetune_defaults`` (settings measured for its kind of concept), the job's own settings winning."""
-    from editflow.finetune import FinetuneConfig, FinetuneMode
+def finetune_config(job: EraseJob, request: EraseRequest, pipe=None) -> FinetuneConfig:
+    """The job's :class:`~editflow.finetune.FinetuneConfig`, ``auto`` decided for its request
+    (:func:`~editflow.finetune.resolve_mode`) and where ``pipe`` runs; a minmax one starts from the
+    request's ``finetune_defaults`` (settings measured for its kind of concept), the job's own settings
+    winning.
 
-    ft = FinetuneConfig(**job.finetune)
+    ``auto`` runs the implied stage on the embedded model, and on a real checkpoint only on an
+    accelerator: there it draws some forty pictures and trains a LoRA (about a minute on a GPU), on a
+    CPU it would take hours, so it is left out with a warning (``--finetune implied`` asks for it).
+    SDXL-style UNets have no gradient stage.
+    """
+    from editflow.finetune import FinetuneConfig, FinetuneMode, resolve_mode
+
+    closed_form = job.method in ("ace", "uce")
+    asked = FinetuneConfig(**job.finetune)
+    ft = resolve_mode(asked, request, closed_form, affordable=_stage_affordable(job, pipe))
+    if ft.mode is not resolve_mode(asked, request, closed_form).mode:  # auto would, were it affordable here
+        logging.getLogger(__name__).warning(
+            "the implied stage (prompts that imply the concept without naming it) is left out: on a real "
+            "checkpoint it runs on an accelerator, with an SD 1.x/2.x UNet; --finetune implied asks for it")
     if ft.mode is FinetuneMode.minmax and request.finetune_defaults:
         ft = FinetuneConfig(**{**request.finetune_defaults, **job.finetune})
     return ft
+
+
+def _stage_affordable(job: EraseJob, pipe) -> bool:
+    """Whether ``auto`` may add a gradient stage: always on the embedded model; on a real checkpoint
+    when it is loaded on an accelerator with a UNet the stage can train (SD 1.x/2.x)."""
+    if job.model is None:
+        return True
+    if pipe is None:
+        return False
+    from editflow.models import diffusion as D
+
+    return D.execution_device(pipe).type != "cpu" and D.is_trainable(pipe)
+
+
+def finetune_steps(config: FinetuneConfig) -> int:
+    """Progress events the gradient stage reports (its rounds and steps)."""
+    from editflow.finetune import FinetuneMode
+
+    return {FinetuneMode.minmax: config.minmax_steps, FinetuneMode.implied: config.implied_steps,
+            FinetuneMode.fmn: config.steps, FinetuneMode.adv: config.rounds + config.steps}.get(config.mode, 0)
 
 
 def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None,
@@ -154,13 +195,13 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     job.validate()
     config = method_config(job.method, job.options)
     request = request if request is not None else build_request(job)
-    ft = finetune_config(job, request)
-    if ft.mode is FinetuneMode.minmax and getattr(config, "gated", False):
-        config = replace(config, gated=False)  # minmax trains over the ungated closed form (finetune.minmax)
     if pipe is None:
         place = Placement.resolve(job.device, job.dtype)
         pipe = load_pipeline(job.model, device=place.device, dtype=place.dtype, offload=job.offload,
                              allow_download=job.allow_download)
+    ft = finetune_config(job, request, pipe)
+    if ft.mode in (FinetuneMode.minmax, FinetuneMode.implied) and getattr(config, "gated", False):
+        config = replace(config, gated=False)  # a LoRA trains over the ungated closed form (finetune.minmax)
     cache = PreserveCache(Path(job.cache_dir)) if job.cache_dir else None
     method = get_method(job.method)
     t0 = time.perf_counter()

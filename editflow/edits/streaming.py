@@ -38,6 +38,7 @@ from editflow.edits.conditioning import (
     encode,
     encode_features,
     feature_device,
+    float32_encoders,
     is_clip_family,
     positions,
     token_count,
@@ -102,7 +103,18 @@ def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size:
     positions only, as UCE publishes. A concept's implied prompts
     (:func:`~editflow.edits.request.implied_pairs`) join the erase set with their anchored prompt's
     features as targets, whatever ``targets_fn`` gives the named ones.
+
+    Text encoders loaded in float16/bfloat16 compute in float32 meanwhile
+    (:func:`~editflow.edits.conditioning.float32_encoders`).
     """
+    with float32_encoders(pipe):
+        return _stream_statistics(pipe, request, batch, sample_size, targets_fn, guidance, preserve_context,
+                                  cache, progress)
+
+
+def _stream_statistics(pipe, request: EraseRequest, batch: int, sample_size: int, targets_fn, guidance: float,
+                       preserve_context: bool, cache: PreserveCache | None, progress) -> StreamedSet:
+
     tok = pipe.tokenizer
     short = request.token_policy is TokenPolicy.last and is_clip_family(pipe)
     enc = _encoder(pipe, short)

@@ -5,10 +5,12 @@ from enum import Enum
 
 
 class FinetuneMode(str, Enum):
+    auto = "auto"  # implied when the request has implied prompts (and a closed form to start from), else none
     none = "none"  # the closed-form patch as it is
     fmn = "fmn"  # Forget-Me-Not losses on the patch's factors
     adv = "adv"  # adversarial rounds (inverted / PGD embeddings join the erase set), then the FMN steps
     minmax = "minmax"  # LoRA over the ungated closed form, trained against persistent inversion attackers
+    implied = "implied"  # LoRA over the ungated closed form: prompts that imply the concept draw the anchor
 
 
 DEFAULT_KEEP_TEMPLATES = ("{}", "a {}")  # minmax: preserved images of words the request has no prompts for
@@ -21,7 +23,7 @@ class FinetuneConfig:
     Defaults measured on the embedded world (docs/benchmarks.md, "Fine-tuning and attacks").
     """
 
-    mode: FinetuneMode = field(default=FinetuneMode.none, metadata={"help": "none, fmn, adv or minmax"})
+    mode: FinetuneMode = field(default=FinetuneMode.auto, metadata={"help": "auto, none, fmn, adv, minmax or implied"})
     steps: int = field(default=50, metadata={"help": "gradient steps on the patch's factors (FMN losses)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the factors (1e-3 undid the erasure)"})
     batch: int = field(default=4, metadata={"help": "erase prompts per step (and as many preserve prompts)"})
@@ -82,21 +84,28 @@ class FinetuneConfig:
                 "(the scene contexts or the attack's 'a photo of a {}' cost robustness: docs/benchmarks.md)"})
     preserve_focus: float = field(default=0.0, metadata={
         "help": "minmax: share of preserved images drawn in proportion to their running error (0: uniform)"})
+    implied_steps: int = field(default=300, metadata={"help": "implied: LoRA steps"})
+    implied_lr: float = field(default=3e-3, metadata={"help": "implied: Adam learning rate of the LoRA"})
+    implied_images: int = field(default=4, metadata={
+        "help": "implied: pictures the base model draws of each anchored prompt ('a clothed person at the beach')"})
+    implied_preserve: float = field(default=1.0, metadata={
+        "help": "implied: weight of keeping the kept prompts' predictions"})
     seed: int = 0
 
     def __post_init__(self):
         self.mode = FinetuneMode(self.mode)
-        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay", "restart", "neighbour_images"):
+        for name in ("steps", "extra_rank", "rounds", "minmax_steps", "replay", "restart", "neighbour_images",
+                     "implied_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("batch", "attack_steps", "references", "fallbacks", "lora_rank", "attacker_steps", "keep_images",
                      "attackers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.lr <= 0 or self.attack_lr <= 0 or self.pgd_radius <= 0 or self.minmax_lr <= 0:
-            raise ValueError("lr, attack_lr, pgd_radius and minmax_lr must be > 0")
-        if self.eta < 0 or self.minmax_preserve < 0:
-            raise ValueError("eta and minmax_preserve must be >= 0")
+        if min(self.lr, self.attack_lr, self.pgd_radius, self.minmax_lr, self.implied_lr) <= 0:
+            raise ValueError("lr, attack_lr, pgd_radius, minmax_lr and implied_lr must be > 0")
+        if min(self.eta, self.minmax_preserve, self.implied_preserve) < 0:
+            raise ValueError("eta, minmax_preserve and implied_preserve must be >= 0")
         if self.keep_templates is not None:
             self.keep_templates = tuple(self.keep_templates)
             if not self.keep_templates or any(t.count("{}") != 1 for t in self.keep_templates):

@@ -32,31 +32,16 @@ import torch
 from PIL import Image
 
 from editflow.edits.esd.method import esd_target
-from editflow.edits.lora import peft_lora
 from editflow.edits.patch import Patch
 from editflow.edits.request import ConceptSpec
 from editflow.errors import EditflowError
 from editflow.finetune.config import FinetuneConfig
+from editflow.finetune.lora_stage import lora_over_patch, loss_summary
 from editflow.inversion.invert import InversionConfig, initial_embedding
 from editflow.inversion.tokens import trainable_token
 from editflow.models import diffusion as D
 
 F = torch.nn.functional
-
-
-def start_factors(patch: Patch, modules: dict[str, torch.nn.Linear], rank: int, seed: int = 0
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
-    """(up, down, fixed) per layer: the patch's columns/rows first (held fixed), then a new rank-``rank``
-    LoRA (``up`` zero, ``down`` Gaussian with variance ``1/d``)."""
-    gen = torch.Generator().manual_seed(seed)
-    up, down, fixed = {}, {}, {}
-    for n in sorted(modules):
-        u, d = patch.edit.up[n].float(), patch.edit.down_for(n).float()
-        up[n] = torch.cat([u, torch.zeros(modules[n].out_features, rank)], 1)
-        down[n] = torch.cat([d, torch.randn(rank, modules[n].in_features, generator=gen)
-                             / modules[n].in_features ** 0.5], 0)
-        fixed[n] = u.shape[1]
-    return up, down, fixed
 
 
 def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dict[str, list[Image.Image]],
@@ -77,8 +62,6 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     rng = random.Random(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     sched = pipe.scheduler
-    modules = patch.targets.find(pipe.unet)
-    up0, down0, fixed = start_factors(patch, modules, config.lora_rank, config.seed)
     x_concept = {c.name: D.to_latents(pipe, images[c.name]) for c in concepts}
     x_keep = D.to_latents(pipe, [img for _, img in preserve]) if preserve else None
     keep_prompts = [p for p, _ in preserve]
@@ -124,11 +107,9 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
     bank: dict[str, list[torch.Tensor]] = {c.name: [] for c in concepts}
     restarts = {c.name: 0 for c in concepts}
     history: list[dict] = []
-    with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)), ExitStack() as stack:
-        lora = stack.enter_context(peft_lora(pipe.unet, up0, down0, fixed))
-        opt = torch.optim.Adam(lora.parameters(), lr=config.minmax_lr)
-        lr_at = torch.optim.lr_scheduler.CosineAnnealingLR(  # reaches lr_final at the last step
-            opt, T_max=max(1, config.minmax_steps - 1), eta_min=config.lr_final * config.minmax_lr)
+    with ExitStack() as stack:
+        lora, opt, lr_at = stack.enter_context(lora_over_patch(
+            pipe, patch, config.lora_rank, config.seed, config.minmax_lr, config.minmax_steps, config.lr_final))
         attacker = {c.name: [stack.enter_context(trainable_token(pipe, tokens[c.name][k], start(c, k)))
                              for k in range(K)] for c in concepts}
         attacker_opt = {n: [torch.optim.Adam([v], lr=config.attack_lr) for v in vs] for n, vs in attacker.items()}
@@ -194,8 +175,6 @@ def minmax_finetune(pipe, patch: Patch, concepts: list[ConceptSpec], images: dic
             if progress is not None:
                 progress(1, history[-1])
         edit = lora.edit()
-    k = max(1, len(history) // 5)
-    facts = {key: {"first": sum(h[key] for h in history[:k]) / k, "last": sum(h[key] for h in history[-k:]) / k}
-             for key in history[0]} if history else {}
+    facts = loss_summary(history)
     facts["attacker_restarts"] = sum(restarts.values())
     return Patch(edit, None, dict(patch.metadata)), facts

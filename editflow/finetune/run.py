@@ -10,6 +10,11 @@ factors (:mod:`editflow.finetune.fmn`), over the concept's prompts and the adver
 attacker (:mod:`editflow.finetune.minmax`), on the concept's images (drawn from the request's own
 prompts for it, or with ``scene_references`` from its described scenes, else its scene templates) and
 preserved concepts' ones (the request's neighbours, with ``neighbour_images``, drawn in their scenes).
+
+``implied``: a LoRA over the (ungated) closed form trained so the request's implied prompts ("a
+person at the beach") predict what their anchored prompts do (:mod:`editflow.finetune.implied`), on
+the base model's drawings of the anchored prompts, the request's kept prompts (else its preserved
+concepts' prompts) keeping theirs.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from dataclasses import asdict, replace
 from PIL import Image
 
 from editflow.edits.patch import Patch
-from editflow.edits.request import ConceptSpec, EraseRequest, erase_pairs, preserve_pairs
+from editflow.edits.request import ConceptSpec, EraseRequest, erase_pairs, implied_pairs, preserve_pairs
 from editflow.finetune.adversarial import adversarial_embedding
 from editflow.finetune.config import DEFAULT_KEEP_TEMPLATES, FinetuneConfig, FinetuneMode
 from editflow.finetune.fmn import fmn_finetune
+from editflow.finetune.implied import check_implied, implied_finetune
 from editflow.finetune.minmax import minmax_finetune
 from editflow.inversion import InversionConfig, LearnedTokens, learned_tokens
 from editflow.models.pipeline import generate
@@ -51,6 +57,16 @@ def preserve_images(pipe, prompts: list[str], seed: int = 0) -> list[tuple[str, 
     if not prompts:
         return []
     return list(zip(prompts, generate(pipe, prompts, [seed * 100_003 + 70_000 + i for i in range(len(prompts))])))
+
+
+def implied_images(pipe, request: EraseRequest, config: FinetuneConfig) -> list[tuple[str, str, Image.Image]]:
+    """(implied prompt, anchored prompt, picture): ``implied_images`` drawings of each anchored prompt
+    by the base model (seeded)."""
+    pairs = [(p, a) for p, a, _ in implied_pairs(request) for _ in range(config.implied_images)]
+    if not pairs:
+        return []
+    seeds = [config.seed * 100_003 + 90_000 + i for i in range(len(pairs))]
+    return [(p, a, img) for (p, a), img in zip(pairs, generate(pipe, [a for _, a in pairs], seeds))]
 
 
 def minmax_keep_prompts(request: EraseRequest, config: FinetuneConfig) -> list[str]:
@@ -89,6 +105,17 @@ def with_tokens(request: EraseRequest, tokens: list[LearnedTokens]) -> EraseRequ
     return replace(request, concepts=concepts)
 
 
+def resolve_mode(config: FinetuneConfig, request: EraseRequest, closed_form: bool = True,
+                 affordable: bool = True) -> FinetuneConfig:
+    """``config`` with ``auto`` decided: ``implied`` when the request has implied prompts, the patch is a
+    closed form to start from and the stage is ``affordable`` where the model runs, else ``none``; any
+    other mode as it is."""
+    if config.mode is not FinetuneMode.auto:
+        return config
+    mode = FinetuneMode.implied if closed_form and affordable and implied_pairs(request) else FinetuneMode.none
+    return replace(config, mode=mode)
+
+
 def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[EraseRequest], Patch],
              config: FinetuneConfig, images: dict[str, list[Image.Image]] | None = None,
              tokens: list[LearnedTokens] | None = None, progress=None) -> Patch:
@@ -98,6 +125,7 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
 
     ``progress(event: str, info: dict)`` reports each round and step.
     """
+    config = resolve_mode(config, request)
     if config.mode is FinetuneMode.none:
         return patch
     report = progress or (lambda event, info: None)
@@ -117,6 +145,14 @@ def finetune(pipe, request: EraseRequest, patch: Patch, compute: Callable[[Erase
             contexts = {c.name: request.templates + request.scenes.get(c.name, ()) for c in request.concepts}
             patch, facts = minmax_finetune(pipe, patch, list(request.concepts), images, keep, plain, config,
                                            progress=lambda n, h: report("step", h), contexts=contexts)
+        return _with_metadata(patch, config, adv, facts, t0)
+    if config.mode is FinetuneMode.implied:
+        check_implied(pipe, patch, len(implied_pairs(request)))  # before any drawing
+        with learned_tokens(pipe, *given):
+            pairs = implied_images(pipe, request, config)
+            kept = list(request.kept) or minmax_keep_prompts(request, config)
+            patch, facts = implied_finetune(pipe, patch, pairs, preserve_images(pipe, kept, config.seed), config,
+                                            progress=lambda n, h: report("step", h))
         return _with_metadata(patch, config, adv, facts, t0)
     if config.mode is FinetuneMode.adv and config.rounds:
         images = _with_references(pipe, request, images, request.templates, config)

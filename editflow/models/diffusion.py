@@ -28,9 +28,14 @@ from PIL import Image
 from editflow.errors import EditflowError
 
 
-def check_trainable(pipe) -> None:
+def is_trainable(pipe) -> bool:
     """Gradient-based edits call the UNet with text features only (SD 1.x/2.x, the embedded model)."""
-    if getattr(pipe.unet.config, "addition_embed_type", None) is not None:
+    return getattr(pipe.unet.config, "addition_embed_type", None) is None
+
+
+def check_trainable(pipe) -> None:
+    """:func:`is_trainable`, else a one-line error."""
+    if not is_trainable(pipe):
         raise EditflowError("fine-tuning and inversion support SD 1.x/2.x-style UNets; this one needs added "
                             f"conditioning ({pipe.unet.config.addition_embed_type}, e.g. SDXL): use a closed-form "
                             "method (ace, uce)")

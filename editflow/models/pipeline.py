@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,23 @@ def generate(pipe: DiffusionPipeline, prompts: list[str], seeds: list[int],
     When the accelerator runs out of memory the batch is halved and the chunk drawn again (said
     once, as a warning on the ``editflow.models.pipeline`` logger), down to one image at a time;
     the batch that fitted is remembered on the pipeline (``editflow_batch_limit``) for later calls.
-    Large images turn on the VAE's slicing and tiling (:func:`memory_savers`)."""
+    Large images turn on the VAE's slicing and tiling (:func:`memory_savers`).
+
+    Calls on one pipeline from several threads (a Dask worker's threads sharing its cached model)
+    take turns: a diffusers pipeline keeps its scheduler's step state on itself, and two samplers
+    stepping it at once draw different images."""
+    with _pipeline_lock(pipe):
+        return _generate(pipe, prompts, seeds, config, progress)
+
+
+def _pipeline_lock(pipe) -> threading.Lock:
+    """The pipeline's own lock, made once on the pipeline object (``dict.setdefault`` is atomic, so two
+    threads asking at once get the same one)."""
+    return vars(pipe).setdefault("editflow_lock", threading.Lock())
+
+
+def _generate(pipe: DiffusionPipeline, prompts: list[str], seeds: list[int], config: GenerationConfig | None,
+              progress) -> list[Image.Image]:
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     if any(not isinstance(p, str) for p in prompts):

@@ -43,7 +43,7 @@ NAMED_ATTIRE_TEMPLATES = (
     "a picture of a {attire} {person} {place}",
 )
 CLOTHED_TEMPLATES = ("a {person} in {colour}", "a {person} in {colour} {place}", "a {attire} {person} in {colour}")
-IMPLICIT_TEMPLATES = ("a {person} {place}", "a picture of a {person} {place}", "a {person}")
+IMPLICIT_TEMPLATES = ("a {person} {place}", "a picture of a {person} {place}")  # the place always said
 
 TEMPLATE_WORDS = frozenset(
     w
@@ -58,10 +58,10 @@ P_STYLED = 0.55  # share of object scenes rendered in an artist's style
 P_SYNONYM = 0.3  # share of mentions using a synonym or nickname
 P_GENERIC = 0.08  # share of object mentions replaced by "shape"/"thing" (neutral anchor)
 P_PLAIN_WORD = 0.2  # share of plain-style captions saying "plain"/"flat"
-P_PERSON = 0.2  # share of non-character scenes showing a person
+P_PERSON = 0.3  # share of non-character scenes showing a person
 P_NAKED_CHARACTER = 0.25  # share of character scenes drawn naked (always said in the caption)
 P_CLOTHED_WORD = 0.15  # share of clothed-character captions saying so
-P_ATTIRE_WORD = 0.6  # share of person captions naming the attire (the rest: the place implies it)
+P_ATTIRE_WORD = 0.5  # share of person captions naming the attire (the rest: the place implies it)
 P_TYPO = 0.05  # share of attire mentions misspelled (when the concept has known misspellings)
 
 
