@@ -236,10 +236,11 @@ def erase(
     default) evaluate it. With no judge it stops before any work, saying how to supply one.
 
     Methods: ace (default; gated closed form), uce (closed form), esd-x / esd-u (fine-tuning baselines).
-    --finetune fmn|adv adds a short gradient stage on the patch's own factors (the base stays
-    frozen); adv first adds adversarial embeddings to the erase set; minmax trains a LoRA over the
-    ungated closed form against a concept-inversion attacker (the patch gets the LoRA's rank). --images DIR learns a
-    token from pictures of the concept (textual inversion) and erases it with the concept's words.
+    --finetune auto (default) adds the implied stage when the concept has implied prompts (nudity: "a
+    person at the beach" trained to draw what "a clothed person at the beach" draws), else nothing;
+    fmn|adv add a short gradient stage on the patch's own factors (the base stays frozen); minmax
+    trains a LoRA over the ungated closed form against a concept-inversion attacker. --images DIR
+    learns a token from pictures of the concept (textual inversion) and erases it with its words.
     """
     from editflow.edits.erase import (
         EraseJob,
