@@ -120,8 +120,8 @@ MODE_OPTIONS = {"rounds": ("--rounds", ("adv",))}
 
 def given_options(ctx: typer.Context, names) -> list[str]:
     """The parameters among ``names`` the user set (on the command line or through the environment)."""
-    return [n for n in names if ctx.get_parameter_source(n) is not None
-            and ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP")]
+    sources = {n: ctx.get_parameter_source(n) for n in names}
+    return [n for n, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")]
 
 
 def refuse_foreign_options(ctx: typer.Context, method: str, finetune: str) -> None:
@@ -246,7 +246,6 @@ def erase(
         EraseJob,
         build_request,
         finetune_config,
-        finetune_steps,
         method_config,
         prompt_count,
         run_erase,
@@ -283,9 +282,9 @@ def erase(
     esd = method in (MethodName.esd_x, MethodName.esd_u)
     tuning = {"mode": finetune.value, "rounds": rounds, "seed": seed}
     if steps is not None:  # the method's training (ESD) or the fine-tuning stage; each has its default
-        stage_steps = {Finetune.minmax: "minmax_steps", Finetune.implied: "implied_steps",
-                       Finetune.auto: "implied_steps"}
-        key = "esd_steps" if esd else stage_steps.get(finetune, "steps")
+        from editflow.finetune.config import STEPS_FIELD, FinetuneMode
+
+        key = "esd_steps" if esd else STEPS_FIELD.get(FinetuneMode(finetune.value), "steps")
         (options if esd else tuning)[key] = steps
     job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
                    options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
@@ -323,7 +322,7 @@ def erase(
     b = (bar(method_config(job.method, job.options).esd_steps, f"{method.value}: train") if esd
          else bar(prompt_count(req), f"{method.value}: encode"))
     plan = finetune_config(job, req, pipe)
-    ft = bar(finetune_steps(plan), "fine-tune")
+    ft = bar(plan.progress_total(), "fine-tune")
 
     def tuned(event: str, info: dict) -> None:
         ft.update(1)

@@ -168,14 +168,6 @@ def _stage_affordable(job: EraseJob, pipe) -> bool:
     return D.execution_device(pipe).type != "cpu" and D.is_trainable(pipe)
 
 
-def finetune_steps(config: FinetuneConfig) -> int:
-    """Progress events the gradient stage reports (its rounds and steps)."""
-    from editflow.finetune import FinetuneMode
-
-    return {FinetuneMode.minmax: config.minmax_steps, FinetuneMode.implied: config.implied_steps,
-            FinetuneMode.fmn: config.steps, FinetuneMode.adv: config.rounds + config.steps}.get(config.mode, 0)
-
-
 def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | None = None,
               finetune_progress=None):
     """Compute the patch for ``job`` (loading its model unless ``pipe`` is given; building its

@@ -13,6 +13,10 @@ class FinetuneMode(str, Enum):
     implied = "implied"  # LoRA over the ungated closed form: prompts that imply the concept draw the anchor
 
 
+# the field holding each mode's gradient steps (``--steps``); auto's stage, when it runs one, is implied
+STEPS_FIELD = {FinetuneMode.auto: "implied_steps", FinetuneMode.fmn: "steps", FinetuneMode.adv: "steps",
+               FinetuneMode.minmax: "minmax_steps", FinetuneMode.implied: "implied_steps"}
+
 DEFAULT_KEEP_TEMPLATES = ("{}", "a {}")  # minmax: preserved images of words the request has no prompts for
 
 
@@ -91,6 +95,13 @@ class FinetuneConfig:
     implied_preserve: float = field(default=1.0, metadata={
         "help": "implied: weight of keeping the kept prompts' predictions"})
     seed: int = 0
+
+    def progress_total(self) -> int:
+        """Progress events the stage reports: its steps, and adv's search rounds before them (none when
+        the mode runs nothing; ``auto`` must be decided first)."""
+        if self.mode in (FinetuneMode.none, FinetuneMode.auto):
+            return 0
+        return getattr(self, STEPS_FIELD[self.mode]) + (self.rounds if self.mode is FinetuneMode.adv else 0)
 
     def __post_init__(self):
         self.mode = FinetuneMode(self.mode)
