@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from editflow.errors import EditflowError
 
@@ -78,12 +78,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def temporary_server(timeout: float) -> Iterator[str]:
+def temporary_server(timeout: float, meanwhile: Callable[[], None] | None = None) -> Iterator[str]:
     """Start Prefect's temporary server tied to this process; yields its API URL (``.../api``).
 
-    Call it from a thread that outlives the block (the main thread): the kernel signals the server
-    when the thread that started it exits. Raises :class:`EditflowError` when it does not answer
-    its health check within ``timeout`` seconds.
+    ``meanwhile`` runs once the server process is launched, before waiting for it to answer: the
+    server's start (6 s, 13 s with a fresh database, on 2 cores) then overlaps with work of this
+    process that does not need it. Call it from a thread that outlives the block (the main thread):
+    the kernel signals the server when the thread that started it exits. Raises
+    :class:`EditflowError` when it does not answer its health check within ``timeout`` seconds.
     """
     import httpx
 
@@ -93,7 +95,10 @@ def temporary_server(timeout: float) -> Iterator[str]:
         while url is None:
             if proc is None or proc.poll() == PORT_IN_USE:  # another process took the port: next one
                 port = _free_port()
-                proc = _start(port)
+                first, proc = proc is None, _start(port)
+                if first and meanwhile is not None:
+                    meanwhile()
+                    deadline = max(deadline, time.monotonic() + 1)
             if proc.poll() not in (None, PORT_IN_USE):
                 raise EditflowError(f"Prefect's temporary server exited with code {proc.returncode} "
                                     "(set PREFECT_API_URL to use a running server)")

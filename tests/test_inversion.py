@@ -72,6 +72,26 @@ def test_inversion_trains_only_the_token_and_pgd_stays_in_its_ball(pipe, world):
     assert all(p.requires_grad for p in pipe.unet.parameters())  # flags restored
 
 
+def test_tries_inverted_together_learn_what_each_learns_alone(pipe, world):
+    """One batch for several tries: each try draws from its own generators and gets only its own
+    loss's gradient, so it ends where it would alone (up to the batch's float rounding)."""
+    from editflow.inversion.invert import invert_tries
+
+    images = _rendered(world, "star", 4)
+    configs = [InversionConfig(steps=4, batch=2, seed=1, init_word="star"),
+               InversionConfig(steps=4, batch=2, seed=2, lr=0.05, radius=0.3)]
+    together = invert_tries(pipe, images, ["<a>", "<b>"], configs)
+    for tok, name, cfg in zip(together, ["<a>", "<b>"], configs):
+        alone = invert(pipe, images, name, cfg)
+        assert tok.token == name and torch.allclose(tok.vectors, alone.vectors, atol=1e-4)
+        assert tok.metadata["loss_last"] == pytest.approx(alone.metadata["loss_last"], rel=1e-4)
+    assert not torch.allclose(together[0].vectors, together[1].vectors)
+    with pytest.raises(ValueError, match="share steps and batch"):
+        invert_tries(pipe, images, ["<a>", "<b>"], [configs[0], InversionConfig(steps=5, batch=2)])
+    with pytest.raises(EditflowError, match="share a token"):
+        invert_tries(pipe, images, ["<a>", "<a>"], configs)
+
+
 def test_inversion_recovers_a_concept_on_the_embedded_model(embedded_pipe, judge, world):
     """A token learned from 16 rendered stars (never the word) makes the model draw stars."""
     from editflow.models.pipeline import generate

@@ -210,3 +210,25 @@ def test_a_flow_on_the_temporary_server_completes_and_leaves_no_server(tmp_path)
         for p in seen.values():
             if p.is_running():
                 p.kill()
+
+
+_MEANWHILE = """
+import os, sys, time, psutil
+from flows.server import temporary_server
+
+seen = []
+def meanwhile():  # the caller's own work (the flow's imports) while the server starts
+    kids = psutil.Process(os.getpid()).children(recursive=True)
+    seen.append(sum("create_app" in " ".join(k.cmdline()) for k in kids))
+with temporary_server(120, meanwhile=meanwhile) as url:
+    import httpx
+    print(seen, httpx.get(url + "/health", trust_env=False).status_code)
+"""
+
+
+def test_the_temporary_server_starts_while_the_caller_works(tmp_path):
+    """``meanwhile`` runs once, with the server process already launched, before waiting for it."""
+    out = subprocess.run([sys.executable, "-c", _MEANWHILE], env=_env(PREFECT_HOME=str(tmp_path / "prefect")),
+                         capture_output=True, text=True, timeout=180, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[1]", "200"]

@@ -72,15 +72,18 @@ OffloadOpt = Annotated[bool, typer.Option(
                       "CPU offload, accelerate): far less GPU memory, slower. Needs --device cuda (or mps).")]
 
 
-def placement(device: str | None, dtype: Dtype | str | None, offload: bool = False) -> Placement:
+def placement(device: str | None, dtype: Dtype | str | None, offload: bool = False, *,
+              quiet: bool = True) -> Placement:
     """Resolve ``--device`` / ``--dtype`` (and their environment variables) now, before any work: a device
     this machine lacks, or ``--offload`` on the CPU, is a one-line error (exit 1). Every command that
     runs a model calls it first, so this is where the libraries' own loading bars are silenced
-    (:func:`quiet_libraries`), not at start-up: ``--help`` imports no model library."""
-    from editflow.models.device import Placement
-    from editflow.models.pipeline import check_offload
+    (:func:`quiet_libraries`), not at start-up: ``--help`` imports no model library. ``quiet=False``
+    leaves that to the caller: it needs torch only, so a flow can import diffusers and friends
+    while Prefect's server starts (:func:`flows.erase.warm_imports`)."""
+    from editflow.models.device import Placement, check_offload
 
-    quiet_libraries()
+    if quiet:
+        quiet_libraries()
     place = Placement.resolve(device, dtype.value if isinstance(dtype, Dtype) else dtype)
     if offload:
         check_offload(place.device)

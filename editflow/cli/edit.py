@@ -251,15 +251,14 @@ def erase(
         run_erase,
     )
     from editflow.inversion.tokens import check_token_name
-    from editflow.models.pipeline import load_pipeline
 
     refuse_foreign_options(ctx, method.value, finetune.value)
     # the flow's tasks on a Dask cluster resolve the device where they run; otherwise resolve it here, first
     if dask_address and not patch_only:
         place = None
         quiet_libraries()
-    else:
-        place = placement(device, dtype, offload)
+    else:  # the flow imports the model libraries (and quiets them) while Prefect's server starts
+        place = placement(device, dtype, offload, quiet=patch_only)
     if token is not None:
         check_token_name(token, "--token")
     if images is not None and not concept and not concepts_file:
@@ -314,6 +313,8 @@ def erase(
         if not result["passed"]:
             raise typer.Exit(3)
         return
+    from editflow.models.pipeline import load_pipeline
+
     if defaulted:
         err.print(f"writing the patch to {out}", highlight=False)
     pipe = load_pipeline(model, device=place.device, dtype=place.dtype, offload=offload,

@@ -21,8 +21,8 @@ it (the evaluation's target images), and reports
 
 One inversion's outcome varies a lot with its seed and start (on ACE's star patch, 0.21 to 0.83
 over three seeds), so the attacker gets ``restarts`` tries per concept (alternating the anchor
-word and the mean embedding as start, new seed each) and the best one counts: the scores are
-those of the most successful try, averaged over the erased concepts.
+word and the mean embedding as start, new seed each; inverted together as one batch) and the best
+one counts: the scores are those of the most successful try, averaged over the erased concepts.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import torch
 
 from editflow.evaluation.detectors import Detector
 from editflow.evaluation.prompts import EvalPrompt
-from editflow.inversion import InversionConfig, LearnedTokens, invert, learned_tokens
-from editflow.inversion.invert import initial_embedding
+from editflow.inversion import InversionConfig, LearnedTokens, learned_tokens
+from editflow.inversion.invert import initial_embedding, invert_tries
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig, generate
 
@@ -61,51 +61,75 @@ def memorization(evaluator: Evaluator, reference_features: torch.Tensor, images)
     return float((got @ centre).mean() / (ref @ centre).mean().clamp_min(1e-6))
 
 
-def inversion_attack(pipe, patch, prompts: list[EvalPrompt], references, detector: Detector,
-                     evaluator: Evaluator, inv: InversionConfig, generation: GenerationConfig | None = None,
-                     progress=None, reference_features: torch.Tensor | None = None) -> dict:
-    """Attack one concept: invert ``references`` against the patched model (``patch=None``: the
-    model itself), then draw one image per target prompt of the concept (its seed) from the
-    inversion's templates filled with the learned token. Returns the images, the success rate and
-    the memorization score."""
-    concept = prompts[0].concept
-    token = f"<attack-{concept.replace(' ', '_')}>"
+def attack_concept(pipe, patch, prompts: list[EvalPrompt], references, detector: Detector, evaluator: Evaluator,
+                   config: AttackConfig, anchor: str | None = None, generation: GenerationConfig | None = None,
+                   progress=None, reference_features: torch.Tensor | None = None) -> dict:
+    """Attack one concept: ``config.restarts`` inversions of ``references`` against the patched model
+    (``patch=None``: the model itself), inverted together (:func:`~editflow.inversion.invert.invert_tries`;
+    each try its own seed, starting from ``anchor`` and the mean embedding in turn), then one image
+    per target prompt of the concept (its seed) from the inversion's templates filled with each
+    learned token, and with the untrained token (``attack_baseline``), drawn as one batch. Returns
+    the most successful try's images, success rate and memorization score, every try's success
+    and the baseline."""
+    concept, slug = prompts[0].concept, prompts[0].concept.replace(" ", "_")
+    inv = config.inversion
+    configs = [replace(inv, seed=inv.seed + k, init_word=(anchor or None, None)[k % 2]) for k in range(config.restarts)]
     t0 = time.perf_counter()
-    step = (lambda n, loss: progress(n)) if progress else None
-    tok = invert(pipe, references, token, inv, patch=patch, progress=step)
-    images, found = draw_with_token(pipe, patch, tok, prompts, detector, inv.templates, generation)
-    return {"concept": concept, "success": sum(found) / len(found), "images": images, "memorization": memorization(
-                evaluator, evaluator.image_features(references) if reference_features is None else reference_features,
-                images),
-            "loss_last": tok.metadata["loss_last"], "seconds": round(time.perf_counter() - t0, 2)}
+    step = (lambda n, loss: progress(n * len(configs))) if progress else None
+    learned = invert_tries(pipe, references, [f"<attack-{slug}-{k}>" for k in range(len(configs))], configs,
+                           patch=patch, progress=step)
+    drawn = draw_with_tokens(pipe, patch, [*learned, baseline_token(pipe, concept)], prompts, detector,
+                             inv.templates, generation)
+    features = evaluator.image_features(references) if reference_features is None else reference_features
+    tries = [{"concept": concept, "success": sum(found) / len(found), "images": images,
+              "memorization": memorization(evaluator, features, images), "loss_last": tok.metadata["loss_last"]}
+             for tok, (images, found) in zip(learned, drawn)]
+    best = max(tries, key=lambda r: (r["success"], r["memorization"]))
+    found = drawn[-1][1]
+    return {**best, "tries": [round(r["success"], 4) for r in tries], "baseline": sum(found) / len(found),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def draw_with_tokens(pipe, patch, tokens: list[LearnedTokens], prompts: list[EvalPrompt], detector: Detector,
+                     templates: tuple[str, ...], generation: GenerationConfig | None = None
+                     ) -> list[tuple[list, list[bool]]]:
+    """For each token, one image per prompt of a concept (its seed) from ``templates`` filled with the
+    token, on the patched model, all drawn in one call; returns each token's images and where the
+    detector finds the prompt's concept."""
+    texts = [[templates[i % len(templates)].format(tok.token) for i in range(len(prompts))] for tok in tokens]
+    with learned_tokens(pipe, *tokens), (patch.apply(pipe) if patch is not None else nullcontext()):
+        images = generate(pipe, [t for tt in texts for t in tt], [p.seed for _ in tokens for p in prompts], generation)
+    out = []
+    for k, tt in enumerate(texts):
+        mine = images[k * len(prompts):(k + 1) * len(prompts)]
+        attack = [EvalPrompt(t, p.concept, p.family, "attack", "inversion", p.seed) for t, p in zip(tt, prompts)]
+        out.append((mine, detector.detect(mine, attack)))
+    return out
 
 
 def draw_with_token(pipe, patch, tok: LearnedTokens, prompts: list[EvalPrompt], detector: Detector,
                     templates: tuple[str, ...], generation: GenerationConfig | None = None) -> tuple[list, list[bool]]:
-    """One image per prompt of a concept (its seed) from ``templates`` filled with the token, on
-    the patched model; returns the images and where the detector finds the prompt's concept."""
-    texts = [templates[i % len(templates)].format(tok.token) for i in range(len(prompts))]
-    attack = [EvalPrompt(t, p.concept, p.family, "attack", "inversion", p.seed) for t, p in zip(texts, prompts)]
-    with learned_tokens(pipe, tok), (patch.apply(pipe) if patch is not None else nullcontext()):
-        images = generate(pipe, texts, [p.seed for p in prompts], generation)
-    return images, detector.detect(images, attack)
+    """:func:`draw_with_tokens` for one token."""
+    return draw_with_tokens(pipe, patch, [tok], prompts, detector, templates, generation)[0]
+
+
+def baseline_token(pipe, concept: str) -> LearnedTokens:
+    """The attack's token at its neutral start (the mean input embedding), before any inversion step."""
+    return LearnedTokens(f"<baseline-{concept.replace(' ', '_')}>",
+                         initial_embedding(pipe, InversionConfig(init_word=None)))
 
 
 def untrained_baseline(pipe, patch, prompts: list[EvalPrompt], detector: Detector, templates: tuple[str, ...],
                        generation: GenerationConfig | None = None) -> float:
-    """``attack_baseline`` of one concept: the attack's drawing with the token at its neutral
-    start (the mean input embedding), before any inversion step."""
-    start = initial_embedding(pipe, InversionConfig(init_word=None))
-    tok = LearnedTokens(f"<baseline-{prompts[0].concept.replace(' ', '_')}>", start)
-    _, found = draw_with_token(pipe, patch, tok, prompts, detector, templates, generation)
+    """``attack_baseline`` of one concept: the attack's drawing with :func:`baseline_token`."""
+    _, found = draw_with_token(pipe, patch, baseline_token(pipe, prompts[0].concept), prompts, detector, templates,
+                               generation)
     return sum(found) / len(found)
 
 
 def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator, anchors: dict[str, str],
                   config: AttackConfig, generation: GenerationConfig | None = None, progress=None) -> None:
-    """Run :func:`inversion_attack` for every erased concept of an
+    """Run :func:`attack_concept` for every erased concept of an
     :class:`~editflow.evaluation.evaluate.EvalResult` (its original target images are the
     references) and record ``attack_success`` and ``memorization_score`` in it."""
     from editflow.errors import EditflowError
@@ -122,19 +146,8 @@ def attack_result(pipe, result, patch, detector: Detector, evaluator: Evaluator,
     for concept in dict.fromkeys(p.concept for p in result.prompts if p.role == "target"):
         ids = [i for i, p in enumerate(result.prompts) if p.role == "target" and p.concept == concept]
         refs = [result.original[i] for i in ids]
-        starts = [anchors.get(concept) or None, None]
-        features = evaluator.image_features(refs)
-        inv = config.inversion
-        tries = [inversion_attack(pipe, patch, [result.prompts[i] for i in ids], refs, detector, evaluator,
-                                  replace(inv, seed=inv.seed + k, init_word=starts[k % 2]), generation, progress,
-                                  features)
-                 for k in range(config.restarts)]
-        best = max(tries, key=lambda r: (r["success"], r["memorization"]))
-        best["tries"] = [round(r["success"], 4) for r in tries]
-        best["seconds"] = round(sum(r["seconds"] for r in tries), 2)
-        best["baseline"] = untrained_baseline(pipe, patch, [result.prompts[i] for i in ids], detector,
-                                              inv.templates, generation)
-        runs.append(best)
+        runs.append(attack_concept(pipe, patch, [result.prompts[i] for i in ids], refs, detector, evaluator, config,
+                                   anchors.get(concept), generation, progress))
     result.metrics["attack_success"] = sum(r["success"] for r in runs) / len(runs)
     result.metrics["attack_baseline"] = sum(r["baseline"] for r in runs) / len(runs)
     result.metrics["memorization_score"] = sum(r["memorization"] for r in runs) / len(runs)

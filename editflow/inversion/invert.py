@@ -15,7 +15,7 @@ the learned vectors come back float32 on the CPU.
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -66,47 +66,79 @@ def initial_embedding(pipe, config: InversionConfig) -> torch.Tensor:
 def invert(pipe, images: list[Image.Image], token: str, config: InversionConfig | None = None, patch=None,
            progress=None) -> LearnedTokens:
     """Learn ``token`` from ``images`` (a few of one concept); ``progress(n, loss)`` after each step."""
-    config = config or InversionConfig()
-    check_token_name(token)
+    return invert_tries(pipe, images, [token], [config or InversionConfig()], patch, progress)[0]
+
+
+def invert_tries(pipe, images: list[Image.Image], tokens: list[str], configs: list[InversionConfig], patch=None,
+                 progress=None) -> list[LearnedTokens]:
+    """Several independent inversions of ``images`` at once, one token per config (its own seed, start,
+    templates, learning rate and radius; all share ``steps`` and ``batch``): each step draws every
+    try's batch from the try's own generators, as :func:`invert` alone would, and runs them as one
+    text-encoder and one UNet batch. A token appears only in its own try's prompts, so its gradient
+    is its own loss's and the tries stay independent; one batch of ``tries x batch`` keeps a CPU
+    busier than ``tries`` small ones, an accelerator much more so. ``progress(n, loss)`` after each
+    step (``loss``: the tries' mean)."""
+    if len(tokens) != len(configs) or not tokens:
+        raise ValueError("one config per token, at least one")
+    if len({(c.steps, c.batch) for c in configs}) != 1:
+        raise ValueError("tries inverted together share steps and batch")
+    if len(set(tokens)) != len(tokens):
+        raise EditflowError("two tries share a token name")
+    for token in tokens:
+        check_token_name(token)
     D.check_trainable(pipe)
     if not images:
         raise EditflowError("inversion needs at least one image")
     x0_all = D.to_latents(pipe, images)
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    sched = pipe.scheduler
-    losses: list[float] = []
-    init = initial_embedding(pipe, config)
-    bound = None if config.radius is None else config.radius * init.norm(dim=-1, keepdim=True)
+    steps, batch = configs[0].steps, configs[0].batch
+    gens = [torch.Generator().manual_seed(c.seed) for c in configs]
+    rngs = [random.Random(c.seed) for c in configs]
+    sched = D.noise_scheduler(pipe.scheduler)  # once: building it per step costs 4 ms
+    device = D.execution_device(pipe)
+    losses: list[list[float]] = [[] for _ in configs]
+    inits = [initial_embedding(pipe, c) for c in configs]
+    bounds = [None if c.radius is None else c.radius * init.norm(dim=-1, keepdim=True)
+              for c, init in zip(configs, inits)]
     with D.frozen(pipe.unet, pipe.text_encoder, getattr(pipe, "vae", None)), \
-            (patch.apply(pipe) if patch is not None else nullcontext()), \
-            trainable_token(pipe, token, init) as param:
-        opt = torch.optim.AdamW([param], lr=config.lr, weight_decay=0.0)
-        for _ in range(config.steps):
-            idx = torch.randint(0, len(x0_all), (config.batch,), generator=gen)
-            x0 = x0_all[idx]
-            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-            t = D.sample_timesteps(sched, config.batch, gen)
-            # the bare token: diffusers expands a multi-vector token itself
-            prompts = [rng.choice(config.templates).format(token) for _ in range(config.batch)]
-            pred = D.unet_output(pipe, D.add_noise(sched, x0, noise, t), t, D.text_features(pipe, prompts))
-            loss = torch.nn.functional.mse_loss(pred.float(), D.target(sched, x0, noise, t).float())
-            if not torch.isfinite(loss):
+            (patch.apply(pipe) if patch is not None else nullcontext()), ExitStack() as stack:
+        params = [stack.enter_context(trainable_token(pipe, token, init)) for token, init in zip(tokens, inits)]
+        opt = torch.optim.AdamW([{"params": [p], "lr": c.lr} for p, c in zip(params, configs)], weight_decay=0.0)
+        for _ in range(steps):
+            x0, noise, t, prompts = [], [], [], []
+            for token, c, gen, rng in zip(tokens, configs, gens, rngs):
+                idx = torch.randint(0, len(x0_all), (batch,), generator=gen)
+                x0.append(x0_all[idx])
+                noise.append(torch.randn(x0[-1].shape, generator=gen).to(x0[-1].device))
+                t.append(D.sample_timesteps(sched, batch, gen))
+                # the bare token: diffusers expands a multi-vector token itself
+                prompts += [rng.choice(c.templates).format(token) for _ in range(batch)]
+            x0, noise, t = torch.cat(x0), torch.cat(noise), torch.cat(t)
+            pred = D.unet_output(pipe, D.add_noise(sched, x0, noise, t), t, D.text_features(pipe, prompts, device),
+                                 device)
+            err = (pred.float() - D.target(sched, x0, noise, t).float()).pow(2)
+            per_try = err.reshape(len(configs), -1).mean(1)  # each try's mean squared error, as alone
+            if not torch.isfinite(per_try).all():
                 raise EditflowError("inversion diverged (non-finite loss); lower --lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            per_try.sum().backward()
             opt.step()
-            if bound is not None:  # projected gradient descent: back onto the ball around the init
-                with torch.no_grad():
-                    step = param - init
-                    param.copy_(init + step * (bound / step.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1))
-            losses.append(loss.item())
+            with torch.no_grad():
+                for param, init, bound in zip(params, inits, bounds):
+                    if bound is not None:  # projected gradient descent: back onto the ball around the init
+                        step = param - init
+                        shrink = (bound / step.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
+                        param.copy_(init + step * shrink)
+            for k, value in enumerate(per_try.tolist()):
+                losses[k].append(value)
             if progress is not None:
-                progress(1, losses[-1])
-        vectors = param.detach().to("cpu", torch.float32).clone()
-    k = max(1, len(losses) // 10)
-    meta = {"images": len(images), "config": asdict(config), "loss_first": sum(losses[:k]) / k,
-            "loss_last": sum(losses[-k:]) / k, "against_patch": patch is not None}
-    if patch is not None:
-        meta["patch_concepts"] = patch.metadata.get("concepts")
-    return LearnedTokens(token, vectors, meta)
+                progress(1, sum(per_try.tolist()) / len(configs))
+        vectors = [param.detach().to("cpu", torch.float32).clone() for param in params]
+    out = []
+    for token, c, vec, curve in zip(tokens, configs, vectors, losses):
+        k = max(1, len(curve) // 10)
+        meta = {"images": len(images), "config": asdict(c), "loss_first": sum(curve[:k]) / k,
+                "loss_last": sum(curve[-k:]) / k, "against_patch": patch is not None}
+        if patch is not None:
+            meta["patch_concepts"] = patch.metadata.get("concepts")
+        out.append(LearnedTokens(token, vec, meta))
+    return out

@@ -88,3 +88,10 @@ class Placement:
     @property
     def solve_device(self) -> torch.device:
         return solve_device(self.device)
+
+
+def check_offload(device: torch.device) -> None:
+    """Model CPU offload moves each model to an accelerator while it runs: refuse it on the CPU."""
+    if torch.device(device).type == "cpu":
+        raise EditflowError("--offload keeps the models on the CPU and moves each to the GPU while it runs; "
+                            "it needs --device cuda (or mps), and this run is on the CPU")

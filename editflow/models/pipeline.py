@@ -26,6 +26,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from editflow.errors import EditflowError
+from editflow.models.device import check_offload
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -37,13 +38,6 @@ log = logging.getLogger(__name__)
 def embedded_dir() -> Path:
     """Folder of the shipped embedded model (``pipeline/`` and ``evaluator/``)."""
     return ASSETS
-
-
-def check_offload(device: torch.device) -> None:
-    """Model CPU offload moves each model to an accelerator while it runs: refuse it on the CPU."""
-    if torch.device(device).type == "cpu":
-        raise EditflowError("--offload keeps the models on the CPU and moves each to the GPU while it runs; "
-                            "it needs --device cuda (or mps), and this run is on the CPU")
 
 
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device = "cpu",
