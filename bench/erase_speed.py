@@ -1,7 +1,7 @@
 """Closed-form erasure speed on an SD 1.5-architecture model (random weights), side by side with a
-straightforward per-layer, inverse-based UCE, for 1 / 10 / 100 / 1000 concepts.
+straightforward per-layer, inverse-based UCE, for 1 / 10 / 100 / 1000 (/ 10000) concepts.
 
-    python bench/erase_speed.py [--counts 1 10 100 1000] [--arch sd15] [--preserve 20]
+    python bench/erase_speed.py [--counts 1 10 100 1000 10000] [--arch sd15] [--preserve 20] [--baseline-max 1000]
 
 Workload (UCE's reference setting): each concept erased towards the empty prompt at its last
 token, ``--preserve`` concepts kept, one template ("{}"), UCE defaults (λ = 0.5, s_e = s_p = 1).
@@ -9,7 +9,7 @@ Both implementations start from the loaded pipeline and end with every layer's n
 its factors) in hand:
 
 * editflow: :class:`editflow.edits.uce.UCE` — short-sequence encoding (the ``last`` policy reads one
-  causal position), streamed d x d statistics, one float64 Cholesky solve and one factorisation
+  causal position; each distinct prompt once), streamed d x d statistics, one float64 Cholesky solve and one factorisation
   for all 32 layers;
 * baseline: encode every prompt at the full 77 tokens, then per layer accumulate the outer
   products concept by concept and multiply by ``torch.inverse`` of the d x d system, as the
@@ -69,8 +69,9 @@ class PeakRSS:
 
 def concepts(n: int) -> list[str]:
     words = [w for w in DEFAULT_WORLD.vocabulary() if w not in ("a", "an")]
-    pairs = (f"{a} {b}" for a, b in itertools.permutations(words, 2))
-    return list(itertools.islice(pairs, n))
+    # two-word names, then three-word ones once those run out (10,000 concepts need more than pairs)
+    names = (" ".join(p) for k in (2, 3) for p in itertools.permutations(words, k))
+    return list(itertools.islice(names, n))
 
 
 def per_layer_inverse_uce(pipe, request: EraseRequest, lam=0.5, s_e=1.0, s_p=1.0) -> dict[str, torch.Tensor]:

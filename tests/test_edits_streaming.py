@@ -33,6 +33,24 @@ def test_prefix_features_equal_full_features(fixture, request):
     assert torch.allclose(encode_features(pipe, prompts), full, atol=1e-5)
 
 
+def test_repeated_prompts_are_encoded_once_with_the_same_features(pipe):
+    """An erase set's anchored prompts repeat; each is encoded once and handed to every row."""
+    from editflow.edits.streaming import _once_each
+
+    seen = []
+
+    def enc(prompts, length):
+        seen.append(list(prompts))
+        return encode_features(pipe, prompts, length=length)
+
+    prompts = ["a shape", "a red star", "a shape", "", "a shape", ""]
+    n = token_count(pipe, prompts)
+    got = _once_each(enc, prompts, n)
+    assert seen == [["a shape", "a red star", ""]]
+    assert torch.allclose(got, encode_features(pipe, prompts, length=n), atol=1e-6)
+    assert _once_each(enc, ["a", "b"], None).shape[0] == 2 and seen[-1] == ["a", "b"]
+
+
 def test_last_policy_statistics_match_full_length(pipe, monkeypatch):
     """The short-sequence path gives the statistics the full-length path gives."""
     req = _req(token_policy="last")

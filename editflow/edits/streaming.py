@@ -87,6 +87,17 @@ def _encoder(pipe, short: bool):
     return lambda prompts, length: encode(pipe, prompts)
 
 
+def _once_each(enc, prompts: list[str], length):
+    """``enc(prompts, length)`` with each distinct prompt encoded once: an erase set's anchored
+    prompts repeat (every synonym in a template shares one; UCE's workload anchors every concept
+    to the empty prompt), and the text encoder is most of a large erasure's time."""
+    unique = list(dict.fromkeys(prompts))
+    if len(unique) == len(prompts):
+        return enc(prompts, length)
+    where = {p: i for i, p in enumerate(unique)}
+    return enc(unique, length)[[where[p] for p in prompts]]
+
+
 def stream_statistics(pipe, request: EraseRequest, batch: int = 64, sample_size: int = 4096,
                       targets_fn=None, guidance: float = 0.0, preserve_context: bool = False,
                       cache: PreserveCache | None = None, progress=None) -> StreamedSet:
@@ -124,9 +135,9 @@ def _stream_statistics(pipe, request: EraseRequest, batch: int, sample_size: int
     for i in range(0, len(pairs), batch):
         chunk = pairs[i:i + batch]
         length = token_count(pipe, [p for p, _, _ in chunk] + [q for _, q, _ in chunk]) if short else None
-        c = enc([p for p, _, _ in chunk], length)
+        c = _once_each(enc, [p for p, _, _ in chunk], length)
         t = (targets_fn([p for p, _, _ in chunk], [w for _, _, w in chunk], c) if targets_fn
-             else enc([q for _, q, _ in chunk], length))
+             else _once_each(enc, [q for _, q, _ in chunk], length))
         t = t[:, :c.shape[1]]
         if guidance:
             t = t + guidance * (t - c)
