@@ -9,8 +9,8 @@ Both implementations start from the loaded pipeline and end with every layer's n
 its factors) in hand:
 
 * editflow: :class:`editflow.edits.uce.UCE` — short-sequence encoding (the ``last`` policy reads one
-  causal position; each distinct prompt once), streamed d x d statistics, one float64 Cholesky solve and one factorisation
-  for all 32 layers;
+  causal position; each distinct prompt once), streamed d x d statistics, one float64 Cholesky
+  solve and one factorisation for all 32 layers;
 * baseline: encode every prompt at the full 77 tokens, then per layer accumulate the outer
   products concept by concept and multiply by ``torch.inverse`` of the d x d system, as the
   research code does.

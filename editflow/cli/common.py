@@ -243,7 +243,7 @@ def save_image(image, out: Path) -> Path:
 
 
 def bar(total: int, desc: str):
-    from editflow.training.common import progress
+    from editflow.progress import progress
 
     return progress(total, desc)
 

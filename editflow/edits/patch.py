@@ -24,17 +24,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+import editflow
 from editflow import tensorfile
 from editflow.edits.attention import delta_processors, install, restore
 from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.gate import Gate, layer_delta
 from editflow.edits.targets import TargetSpec
 from editflow.errors import EditflowError
+
+if TYPE_CHECKING:
+    from editflow.edits.request import EraseRequest
 
 FORMAT = "editflow-patch/1"
 
@@ -308,3 +313,25 @@ def _gate(path, tensors: dict[str, torch.Tensor], params: dict, edit: LowRankEdi
         raise EditflowError(f"{path}: gate tau {tau} and temperature {temperature} must be finite, "
                             "temperature > 0")
     return Gate(basis, tau, temperature)
+
+
+def patch_metadata(pipe, request: EraseRequest, method: str, config, targets: TargetSpec,
+                   extra: dict | None = None) -> dict:
+    """What a method's patch records of its making (``Patch.metadata``): method, config, the request's
+    concepts and prompts, target modules, the base model's name and weight hashes, editflow's
+    version; ``extra`` is the method's own. In JSON-normal form, as a saved patch reads it back."""
+    meta = {
+        "method": method,
+        "config": asdict(config),
+        "concepts": [asdict(c) for c in request.concepts],
+        "preserve": list(request.preserve),
+        "templates": list(request.templates),
+        **({"kept": list(request.kept)} if request.kept else {}),
+        "token_policy": request.token_policy.value,
+        "target_patterns": list(targets.patterns),
+        "base_model": str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", "")),
+        **base_identity(pipe.unet, targets),  # base_hash, base_hashes per dtype, base_dtype
+        "editflow_version": editflow.__version__,
+        **(extra or {}),
+    }
+    return json.loads(json.dumps(meta))  # JSON-normal form: what a saved patch reads back

@@ -1,29 +1,14 @@
-"""Shared training utilities: seeded generators, resumable checkpoints, progress bars."""
+"""Shared training utilities of the embedded model: learning-rate schedule, resumable checkpoints."""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from editflow.errors import EditflowError
-
-
-def progress(total: int, desc: str, initial: int = 0, disable: bool | None = None):
-    """A tqdm bar on stderr; silent when ``EDITFLOW_QUIET`` is set."""
-    if disable is None:
-        disable = bool(os.environ.get("EDITFLOW_QUIET"))
-    return tqdm(total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True, leave=False)
-
-
-def track(iterable, desc: str):
-    """Iterate with a progress bar (same quiet switch as :func:`progress`)."""
-    return tqdm(iterable, desc=desc, disable=bool(os.environ.get("EDITFLOW_QUIET")),
-                dynamic_ncols=True, leave=False)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:

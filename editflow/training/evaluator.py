@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from editflow.models.evaluator import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, preprocess_config, tiny_clip_config
-from editflow.training.common import Checkpoint, progress, set_lr, track
+from editflow.progress import progress, track
+from editflow.training.common import Checkpoint, set_lr
 from editflow.training.recipe import Recipe
 from editflow.world import FAMILIES, WorldSpec, caption, render, sample_scene
 from editflow.world.dataset import to_tensor

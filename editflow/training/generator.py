@@ -23,7 +23,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from editflow.training.common import Checkpoint, progress, set_lr, track
+from editflow.progress import progress, track
+from editflow.training.common import Checkpoint, set_lr
 from editflow.training.recipe import Recipe
 from editflow.world import FAMILIES, WorldSpec, caption, render, sample_scene
 from editflow.world.captions import mentions

@@ -16,11 +16,10 @@ from editflow.edits.ace.config import ACEConfig, NeutralTarget
 from editflow.edits.closed_form import solve_edit
 from editflow.edits.conditioning import concept_span, encode, encode_masked
 from editflow.edits.gate import calibrate_gate
-from editflow.edits.patch import Patch
+from editflow.edits.patch import Patch, patch_metadata
 from editflow.edits.request import EraseRequest
 from editflow.edits.streaming import PreserveCache, stream_statistics
 from editflow.edits.targets import TargetSpec
-from editflow.edits.uce.method import metadata
 
 
 def fallback_targets(pipe, prompts: list[str], words: list[str], c: torch.Tensor) -> torch.Tensor:
@@ -60,4 +59,4 @@ class ACE:
             gate = calibrate_gate(streamed.stats, streamed.erase_sample, streamed.preserve_sample,
                                   max_rank=config.gate_max_rank)
         extra = {"rank": edit.rank, "gated": gate is not None}
-        return Patch(edit, gate, metadata(pipe, request, self.name, config, targets, extra))
+        return Patch(edit, gate, patch_metadata(pipe, request, self.name, config, targets, extra))

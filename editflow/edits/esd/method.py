@@ -36,10 +36,9 @@ from editflow.edits.closed_form import LowRankEdit
 from editflow.edits.esd.config import ESDConfig
 from editflow.edits.gate import layer_delta
 from editflow.edits.lora import peft_lora
-from editflow.edits.patch import Patch
+from editflow.edits.patch import Patch, patch_metadata
 from editflow.edits.request import EraseRequest, erase_pairs, preserve_pairs
 from editflow.edits.targets import TargetSpec
-from editflow.edits.uce.method import metadata
 from editflow.models import diffusion as D
 
 
@@ -144,6 +143,6 @@ class ESD:
                 if progress is not None:
                     progress(1)
             edit = trained()
-        return Patch(edit, None, metadata(pipe, request, self.name, config, targets,
+        return Patch(edit, None, patch_metadata(pipe, request, self.name, config, targets,
                                           {"rank": edit.rank, "gated": False, "loss_last": loss.item(),
                                            "targets_read_text": targets.reads_text}))

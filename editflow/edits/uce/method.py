@@ -5,35 +5,11 @@ shared-factor solve)."""
 from __future__ import annotations
 
 from editflow.edits.closed_form import solve_edit
-from editflow.edits.patch import Patch
+from editflow.edits.patch import Patch, patch_metadata
 from editflow.edits.request import EraseRequest
 from editflow.edits.streaming import PreserveCache, stream_statistics
 from editflow.edits.targets import TargetSpec
 from editflow.edits.uce.config import UCEConfig
-
-
-def metadata(pipe, request: EraseRequest, method: str, config, targets: TargetSpec, extra: dict | None = None) -> dict:
-    import json
-    from dataclasses import asdict
-
-    import editflow
-    from editflow.edits.patch import base_identity
-
-    meta = {
-        "method": method,
-        "config": asdict(config),
-        "concepts": [asdict(c) for c in request.concepts],
-        "preserve": list(request.preserve),
-        "templates": list(request.templates),
-        **({"kept": list(request.kept)} if request.kept else {}),
-        "token_policy": request.token_policy.value,
-        "target_patterns": list(targets.patterns),
-        "base_model": str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", "")),
-        **base_identity(pipe.unet, targets),  # base_hash, base_hashes per dtype, base_dtype
-        "editflow_version": editflow.__version__,
-        **(extra or {}),
-    }
-    return json.loads(json.dumps(meta))  # JSON-normal form: what a saved patch reads back
 
 
 class UCE:
@@ -46,4 +22,4 @@ class UCE:
         weights = {n: m.weight.detach() for n, m in targets.find(pipe.unet).items()}
         streamed = stream_statistics(pipe, request, cache=cache, progress=progress)
         edit = solve_edit(weights, streamed.stats, config.lam, config.erase_scale, config.preserve_scale)
-        return Patch(edit, None, metadata(pipe, request, self.name, config, targets, {"rank": edit.rank}))
+        return Patch(edit, None, patch_metadata(pipe, request, self.name, config, targets, {"rank": edit.rank}))
