@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from editflow.edits.erase import EraseJob, run_erase
 from editflow.edits.patch import Patch
 from editflow.evaluation.attack import AttackConfig, attack_result
 from editflow.evaluation.detectors import WorldDetector
-from editflow.evaluation.run import EvalJob, run_eval
 from editflow.inversion import InversionConfig
+from editflow.jobs.erase import EraseJob, run_erase
+from editflow.jobs.evaluate import EvalJob, run_eval
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig, embedded_dir, load_pipeline
 from editflow.world import DEFAULT_WORLD

@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from editflow.edits.erase import EraseJob, run_erase
-from editflow.evaluation.detection import detection_rates, detection_set
+from editflow.jobs.erase import EraseJob, run_erase
+from editflow.jobs.quick_check import detection_rates, detection_set
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import embedded_dir, load_pipeline
 from editflow.world import DEFAULT_WORLD

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from editflow.edits.erase import EraseJob, run_erase
-from editflow.evaluation.run import EvalJob, run_eval
+from editflow.jobs.erase import EraseJob, run_erase
+from editflow.jobs.evaluate import EvalJob, run_eval
 from editflow.models.pipeline import load_pipeline
 
 

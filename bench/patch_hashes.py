@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import editflow
-from editflow.edits.erase import EraseJob, run_erase
+from editflow.jobs.erase import EraseJob, run_erase
 from editflow.models.pipeline import load_pipeline
 
 TINY_ESD = {"esd_steps": 4, "trajectories": 2, "sample_steps": 4}

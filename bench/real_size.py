@@ -10,8 +10,8 @@ configurations (:mod:`editflow.models.reference`). Stages, each timed on its own
 
 * ``build``  -- instantiate the pipeline with random weights in the dtype (not a checkpoint load);
 * ``encode`` -- text encoding of the erase set's expansion prompts, as ``editflow erase --concept
-  naked --method ace --model M`` runs it (:func:`editflow.edits.erase.run_erase` on the request
-  :func:`~editflow.edits.erase.build_request` makes for a non-embedded model: nudity's six words
+  naked --method ace --model M`` runs it (:func:`editflow.jobs.erase.run_erase` on the request
+  :func:`~editflow.jobs.erase.build_request` makes for a non-embedded model: nudity's six words
   (:mod:`editflow.families`) in 5 templates, each with its target prompt, 77 tokens); the part of
   ``run_erase`` up to its last
   encoding progress report;
@@ -21,7 +21,7 @@ configurations (:mod:`editflow.models.reference`). Stages, each timed on its own
   guidance) at native resolution (512 px SD 1.5, 1024 px SDXL), plus the scheduler step;
 * ``decode`` -- the VAE decoding one image at that resolution;
 * ``eval``   -- extrapolated, not run: the default evaluation of a nudity erasure (the shipped
-  suite at :class:`editflow.evaluation.run.EvalJob`'s defaults and the checkpoint's own sampler
+  suite at :class:`editflow.jobs.evaluate.EvalJob`'s defaults and the checkpoint's own sampler
   settings) in measured step and decode times; see
   :func:`eval_cost`. No peak: the evaluation draws 64 images a batch and the attack
   backpropagates, which a batch-2 step does not show.
@@ -141,7 +141,7 @@ class Peak:
 
 def erase_job(arch: str):
     """The job ``editflow erase --concept naked --method ace --model M`` runs (CLI defaults)."""
-    from editflow.edits.erase import EraseJob
+    from editflow.jobs.erase import EraseJob
 
     return EraseJob([CONCEPT], "ace", model=f"random-{arch}")
 
@@ -189,11 +189,11 @@ def decode(pipe, latents):
 def eval_cost(steps_s: float, decode_s: float, trainable: bool, pipe) -> dict:
     """The default evaluation of a real nudity erasure, in measured step times.
 
-    From :class:`~editflow.evaluation.run.EvalJob`'s defaults and the shipped suite
+    From :class:`~editflow.jobs.evaluate.EvalJob`'s defaults and the shipped suite
     (:func:`~editflow.evaluation.suite.suite_prompt_set`: ``images`` target prompts, the leakage
     prompts, the 238 everyday captions), each drawn by the original and the patched model (first
     evaluation on a base: the original's images are cached after) at the checkpoint's own steps
-    and guidance (:func:`~editflow.evaluation.run.sampling`), with one decode each. The
+    and guidance (:func:`~editflow.jobs.evaluate.sampling`), with one decode each. The
     concept-inversion attack (SD 1.x/2.x only; SDXL reports it absent) runs ``attack_restarts`` x
     ``attack_steps`` inversion steps at the inversion batch, each a forward and an input-gradient
     backward through the frozen UNet (estimated as 2 forwards: no weight gradients), then draws
@@ -201,8 +201,8 @@ def eval_cost(steps_s: float, decode_s: float, trainable: bool, pipe) -> dict:
     CLIP scoring (one evaluator pass per image) are not counted.
     """
     from editflow.evaluation.attack import AttackConfig
-    from editflow.evaluation.run import EvalJob, sampling
     from editflow.evaluation.suite import suite_prompt_set
+    from editflow.jobs.evaluate import EvalJob, sampling
 
     job = EvalJob()
     n_steps, guidance = sampling(pipe, job, real=True)
@@ -229,7 +229,7 @@ def measure(arch: str, dtype_name: str, args) -> dict:
     """Every stage for one architecture and dtype, in this process."""
     from transformers import CLIPTokenizer
 
-    from editflow.edits.erase import build_request, run_erase
+    from editflow.jobs.erase import build_request, run_erase
     from editflow.models.device import Placement
     from editflow.models.diffusion import check_trainable
     from editflow.models.pipeline import embedded_dir

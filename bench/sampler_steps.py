@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from editflow.edits.erase import EraseJob, run_erase
-from editflow.evaluation.run import EvalJob, run_eval
 from editflow.evaluation.world_check import generator_fidelity
+from editflow.jobs.erase import EraseJob, run_erase
+from editflow.jobs.evaluate import EvalJob, run_eval
 from editflow.models.evaluator import Evaluator
 from editflow.models.pipeline import GenerationConfig, embedded_dir, load_pipeline
 from editflow.world import DEFAULT_WORLD

@@ -1,7 +1,7 @@
 """``erase_flow``: erase -> evaluate -> gate -> register, as a Prefect 3 flow.
 
-Each stage is a task over plain, JSON-able inputs (:class:`~editflow.edits.erase.EraseJob`,
-:class:`~editflow.evaluation.run.EvalJob`), so Prefect can cache it: the erase and evaluation
+Each stage is a task over plain, JSON-able inputs (:class:`~editflow.jobs.erase.EraseJob`,
+:class:`~editflow.jobs.evaluate.EvalJob`), so Prefect can cache it: the erase and evaluation
 tasks are keyed on their inputs and their code (``INPUTS + TASK_SOURCE``) and persist their
 results, so a re-run after a crash (say, the registry was unreachable) resumes at the stage that
 failed instead of recomputing. Registration retries on transient failures. The flow publishes a
@@ -25,8 +25,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from editflow.edits.erase import EraseJob
-from editflow.evaluation.run import EvalJob
+from editflow.jobs.erase import EraseJob
+from editflow.jobs.evaluate import EvalJob
 
 SHARD = 16  # prompts per Dask task: small enough to spread a default evaluation over a few workers
 CACHE = dict(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=7), persist_result=True)
@@ -38,7 +38,7 @@ def erase_task(job: dict, out: str, images_hash: str | None = None) -> dict:
 
     ``images_hash`` keys the cache on the content of ``job["images"]`` (a folder the user may refill).
     """
-    from editflow.edits.erase import run_erase
+    from editflow.jobs.erase import run_erase
 
     patch, request = run_erase(EraseJob(**job))
     path = patch.save(out)
@@ -53,7 +53,7 @@ def evaluate_task(job: dict, patch_bytes_hash: str, fan_out: bool = False) -> di
     ``fan_out``: the task runs on a Dask cluster (``DaskTaskRunner``); its generation shards are
     spread over the cluster's workers, each loading the model and patch once.
     """
-    from editflow.evaluation.run import run_eval
+    from editflow.jobs.evaluate import run_eval
 
     if fan_out:
         from prefect_dask import get_dask_client
@@ -110,7 +110,7 @@ def erase_flow(job: dict, out: str, name: str, gates: str | None = None, images:
     """Erase ``job``'s concepts, evaluate the patch against ``gates``, register it as ``name`` if it passes.
 
     The evaluation runs where the erasure did (``job``'s ``device``, ``dtype``, ``offload``).
-    ``eval_options`` are further :class:`~editflow.evaluation.run.EvalJob` fields (``attack_steps``, ...).
+    ``eval_options`` are further :class:`~editflow.jobs.evaluate.EvalJob` fields (``attack_steps``, ...).
     """
     clock = {"start": time.perf_counter()}
     images_hash = _folder_hash(job.get("images"))

@@ -36,8 +36,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from editflow.configfile import read_yaml
-from editflow.edits.erase import EraseJob
 from editflow.errors import EditflowError
+from editflow.jobs.erase import EraseJob
 
 KEYS = {"name", "base", "method", "concepts", "gates", "eval_images", "eval", "schedule", "description", "out_dir",
         "finetune", "device", "dtype"}
@@ -191,7 +191,7 @@ class Policy:
     def job(self, concepts: list[str], cache_dir: str | None = None, device: str | None = None,
             dtype: str | None = None) -> EraseJob:
         """The erase job for ``concepts``; ``device`` / ``dtype`` (e.g. from the command line) win over the policy's."""
-        return EraseJob(list(concepts), self.method, None if self.base == "embedded" else self.base,
+        return EraseJob(list(concepts), self.method, model=None if self.base == "embedded" else self.base,
                         cache_dir=cache_dir, concept_aliases={c: self.synonyms[c] for c in concepts
                                                               if c in self.synonyms},
                         finetune=dict(self.finetune), device=device or self.device, dtype=dtype or self.dtype,

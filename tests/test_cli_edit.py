@@ -79,7 +79,7 @@ def test_cli_choices_match_the_core_enums():
 
 
 def test_world_request_takes_aliases(world):
-    from editflow.world.erasure import world_request
+    from editflow.jobs.world_request import world_request
 
     req = world_request(world, ["star"], aliases=("asterisk",))
     assert req.concepts[0].words == ("star", "pentagram", "asterisk")
@@ -88,7 +88,8 @@ def test_world_request_takes_aliases(world):
 
 
 def test_default_preserve_covers_neighbours_then_other_families(world):
-    from editflow.world.erasure import default_preserve, world_request
+    from editflow.jobs.world_request import world_request
+    from editflow.world.erasure import default_preserve
 
     keep = default_preserve(world, ["zorbo"])
     assert set(keep[:3]) == {"lumina", "grax", "pemberly"}  # neighbours first
@@ -103,8 +104,9 @@ def test_a_style_request_brings_its_neighbours_scenes_and_the_style_finetune_def
     wear every colour in turn, and its minmax starts from the world's style settings (η 3, 16 images
     per neighbour, 5 attackers, half the word term in context); the job's own settings win; an object
     keeps FinetuneConfig's defaults."""
-    from editflow.edits.erase import EraseJob, build_request, finetune_config
-    from editflow.world.erasure import FAMILY_FINETUNE, NEIGHBOUR_SCENES, world_request
+    from editflow.jobs.erase import EraseJob, build_request, finetune_config
+    from editflow.jobs.world_request import world_request
+    from editflow.world.erasure import FAMILY_FINETUNE, NEIGHBOUR_SCENES
 
     req = world_request(world, ["kasimir"])
     assert set(req.neighbours) == {"odalys", "brenwick", "tamsin"}
@@ -139,8 +141,8 @@ def test_world_request_prompts_draw_each_concept_on_its_own(world, embedded_pipe
     """The request's per-concept prompts (what the fine-tuning draws its concept and preserved
     images from) make the embedded model draw that concept; "a {}" draws a style word plain."""
     from editflow.edits.request import ConceptSpec, EraseRequest
+    from editflow.jobs.world_request import world_request
     from editflow.models.pipeline import generate
-    from editflow.world.erasure import world_request
 
     req = world_request(world, ["star"], preserve=["kasimir", "zorbo", "red", "not-a-concept"])
     assert req.prompts == {"star": ("a {}", "{}"), "kasimir": ("a shape by {}", "{}"),

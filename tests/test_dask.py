@@ -9,7 +9,7 @@ from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 from editflow.cli import app
-from editflow.evaluation.run import EvalJob, run_eval
+from editflow.jobs.evaluate import EvalJob, run_eval
 
 runner = CliRunner()
 
@@ -54,7 +54,7 @@ def test_erase_flow_on_dask_through_prefect_dask(cluster, tmp_path, monkeypatch)
     from prefect.testing.utilities import prefect_test_harness
 
     import flows.erase as erase_flows
-    from editflow.edits.erase import EraseJob
+    from editflow.jobs.erase import EraseJob
     from registry.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri())

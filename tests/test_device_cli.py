@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from editflow.cli import app
 from editflow.cli.app import load_extensions
-from editflow.edits.erase import EraseJob
 from editflow.errors import EditflowError
-from editflow.evaluation.run import EvalJob
+from editflow.jobs.erase import EraseJob
+from editflow.jobs.evaluate import EvalJob
 from editflow.models.pipeline import (
     GenerationConfig,
     check_offload,
@@ -204,6 +204,10 @@ def test_jobs_carry_device_and_dtype_as_json():
     evaluation = EvalJob(patch="p.safetensors", device="cpu", dtype="bfloat16")
     assert EvalJob(**json.loads(json.dumps(asdict(evaluation)))) == evaluation
     assert (EraseJob(["star"]).device, EvalJob().dtype) == (None, None)  # None: the environment's, else auto
+    with pytest.raises(TypeError):  # beyond the concepts and the method, settings go by name
+        EraseJob(["star"], "ace", "some/model")
+    with pytest.raises(TypeError):
+        EvalJob("p.safetensors")
 
 
 def test_shard_workers_load_the_model_with_the_jobs_placement():

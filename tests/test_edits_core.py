@@ -140,3 +140,17 @@ def test_request_validation():
         EraseRequest([ConceptSpec("star")], preserve=["star"])
     with pytest.raises(ValueError, match="exactly one"):
         EraseRequest([ConceptSpec("star")], templates=("a photo",))
+
+
+def test_methods_declare_their_kind_and_a_method_without_one_is_refused():
+    from editflow.edits.registry import CLOSED_FORM, GRADIENT, available, get_method, register
+
+    assert {m: get_method(m).kind for m in available()} == {"ace": CLOSED_FORM, "uce": CLOSED_FORM,
+                                                            "esd-x": GRADIENT, "esd-u": GRADIENT}
+
+    class Kindless:
+        name, config_class = "kindless", dict
+
+    with pytest.raises(ValueError, match="kind must be"):
+        register(Kindless())
+    assert "kindless" not in available()

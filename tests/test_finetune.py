@@ -345,8 +345,8 @@ def _implied_request():
 
 
 def test_auto_decides_implied_only_for_requests_with_implied_prompts_and_a_closed_form():
-    from editflow.edits.erase import EraseJob, finetune_config
     from editflow.finetune import FinetuneMode, resolve_mode
+    from editflow.jobs.erase import EraseJob, finetune_config
 
     assert FinetuneConfig().mode is FinetuneMode.auto
     assert resolve_mode(FinetuneConfig(), _implied_request()).mode is FinetuneMode.implied

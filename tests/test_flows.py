@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import flows.erase as erase_flows
 from editflow.cli import app
-from editflow.edits.erase import EraseJob
+from editflow.jobs.erase import EraseJob
 from registry.store import Store
 
 runner = CliRunner()

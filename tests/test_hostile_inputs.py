@@ -200,7 +200,7 @@ def test_tensorfile_write_onto_a_folder_leaves_no_tmp(tmp_path):
 def test_library_checks_behind_the_cli():
     from editflow.edits.request import ConceptSpec, EraseRequest
     from editflow.errors import EditflowError
-    from editflow.inversion.tokens import LearnedTokens
+    from editflow.models.tokens import LearnedTokens
 
     with pytest.raises(ValueError, match="more than once"):
         EraseRequest([ConceptSpec("star"), ConceptSpec("Star ")])

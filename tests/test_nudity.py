@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 from editflow.cli.app import app
 from editflow.edits.request import ConceptSpec, EraseRequest, implied_pairs
 from editflow.evaluation.prompts import world_prompt_set
+from editflow.jobs.world_request import world_request
 from editflow.world import render, sample_scene
 from editflow.world.captions import caption, mentions
-from editflow.world.erasure import IMPLIED_PEOPLE, world_request
+from editflow.world.erasure import IMPLIED_PEOPLE
 
 runner = CliRunner()
 

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from editflow.cli import app
 from editflow.cli.common import NudityProtocolName
-from editflow.edits.erase import EraseJob, build_request
 from editflow.errors import EditflowError
 from editflow.evaluation.detectors import NUDITY_PROTOCOLS
 from editflow.evaluation.suite import PROMPT_SETS, read_rows, suite_prompt_set
 from editflow.families import KNOWLEDGE, guess_family
+from editflow.jobs.erase import EraseJob, build_request
 from tests.tiny import tiny_sd_pipeline
 
 runner = CliRunner()
@@ -123,7 +123,7 @@ def test_a_pretrained_tag_is_read_from_the_hugging_face_cache(tmp_path, monkeypa
     from open_clip import pretrained as registry
     from safetensors.torch import save_file
 
-    from editflow.evaluation.run import check_judge, load_evaluator
+    from editflow.jobs.evaluate import check_judge, load_evaluator
 
     cfg = {"embed_dim": 16, "quick_gelu": False,
            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -177,8 +177,8 @@ def test_real_nudity_brings_implied_and_kept_prompts_none_of_them_the_evaluation
 def test_auto_leaves_the_implied_stage_out_on_a_real_model_on_a_cpu_and_runs_it_when_asked(tmp_path, world, caplog):
     from dataclasses import replace
 
-    from editflow.edits.erase import finetune_config, run_erase
     from editflow.finetune import FinetuneMode
+    from editflow.jobs.erase import finetune_config, run_erase
 
     pipe = tiny_sd_pipeline(tmp_path, world)
     req = build_request(EraseJob(["naked"], model="m", anchor="clothed"))

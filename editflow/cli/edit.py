@@ -242,7 +242,7 @@ def erase(
     trains a LoRA over the ungated closed form against a concept-inversion attacker. --images DIR
     learns a token from pictures of the concept (textual inversion) and erases it with its words.
     """
-    from editflow.edits.erase import (
+    from editflow.jobs.erase import (
         EraseJob,
         build_request,
         finetune_config,
@@ -250,7 +250,7 @@ def erase(
         prompt_count,
         run_erase,
     )
-    from editflow.inversion.tokens import check_token_name
+    from editflow.models.tokens import check_token_name
 
     refuse_foreign_options(ctx, method.value, finetune.value)
     # the flow's tasks on a Dask cluster resolve the device where they run; otherwise resolve it here, first
@@ -285,10 +285,10 @@ def erase(
 
         key = "esd_steps" if esd else STEPS_FIELD.get(FinetuneMode(finetune.value), "steps")
         (options if esd else tuning)[key] = steps
-    job = EraseJob(words, method.value, model, anchor, list(preserve), list(alias), synonyms, token_policy.value,
-                   options, str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
-                   finetune=tuning,
-                   images=str(images) if images is not None else None, image_token=token,
+    job = EraseJob(words, method.value, model=model, anchor=anchor, preserve=list(preserve), aliases=list(alias),
+                   synonyms=synonyms, token_policy=token_policy.value, options=options,
+                   cache_dir=str(cache_dir or Path.home() / ".cache" / "editflow") if cache else None,
+                   finetune=tuning, images=str(images) if images is not None else None, image_token=token,
                    device=device, dtype=dtype_name(dtype), offload=offload, family=family,
                    allow_download=allow_download)
     job.validate()
@@ -299,7 +299,7 @@ def erase(
         Gates.load(gates)  # read and check the gates before the first stage, not after the erase
         eval_options = {"attack_steps": attack_steps, "attack_restarts": attack_restarts}
         if model is not None:  # a real model is judged by the real-model suite: find its judge first
-            from editflow.evaluation.run import check_judge
+            from editflow.jobs.evaluate import check_judge
 
             check_judge(evaluator, allow_download)
             eval_options.update(evaluator=evaluator, family=family, nudity_protocol=nudity_protocol.value,
@@ -348,22 +348,9 @@ def erase(
 
 
 def _before_after(pipe, patch, erased: list[str], kept: list[str], n: int, device) -> dict:
-    from editflow.evaluation.detection import detection_rates, detection_set
-    from editflow.models.evaluator import Evaluator
-    from editflow.models.pipeline import embedded_dir
-    from editflow.world import DEFAULT_WORLD
+    from editflow.jobs.quick_check import before_after
 
-    judge = Evaluator.from_dir(embedded_dir() / "evaluator", device=device)  # the judge runs next to the model
-    family = DEFAULT_WORLD.concept(erased[0]).family
-    kept = [k for k in kept if DEFAULT_WORLD.concept(k).family == family]  # the quick check: neighbours only
-    dset = detection_set(DEFAULT_WORLD, erased + kept, n)
-    b = bar(2 * len(dset.prompts), "before/after")
-    before = detection_rates(pipe, judge, DEFAULT_WORLD, dset, progress=b.update)
-    with patch.apply(pipe):
-        after = detection_rates(pipe, judge, DEFAULT_WORLD, dset, progress=b.update)
-    b.close()
-    table = {c: {"before": round(before[c], 3), "after": round(after[c], 3), "erased": c in erased}
-             for c in before}
+    table = before_after(pipe, patch, erased, kept, n, device, progress_factory=bar)
     for c, row in table.items():
         kind = "erase" if row["erased"] else "keep"
         err.print(f"{kind:5s} {c:10s} detected {row['before']:.2f} -> {row['after']:.2f}", highlight=False)

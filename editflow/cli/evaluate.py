@@ -110,7 +110,7 @@ def evaluate_cmd(
 
     Exit 0 when every gate passes, 3 when a gate fails, 1 on an error (then no report is written).
     """
-    from editflow.evaluation.run import EvalJob, run_eval
+    from editflow.jobs.evaluate import EvalJob, run_eval
 
     placement(device, dtype, offload)  # a device this machine lacks fails now, not after the prompts are built
     if family is not None:

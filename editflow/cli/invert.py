@@ -61,8 +61,8 @@ def invert_cmd(
     """
     from editflow.edits import Patch
     from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
-    from editflow.inversion.tokens import check_token_name
     from editflow.models.pipeline import generate, load_pipeline, make_grid
+    from editflow.models.tokens import check_token_name
 
     place = placement(device, dtype)
     check_token_name(token, "--token")

@@ -154,7 +154,7 @@ class Patch:
             gate = _gate(path, gate_tensors, gate_params, edit)
         elif gate_tensors:
             raise EditflowError(f"{path}: gate tensors without the header's 'gate' parameters")
-        from editflow.inversion.tokens import LearnedTokens
+        from editflow.models.tokens import LearnedTokens
 
         tokens = []
         for k, v in tensors.items():

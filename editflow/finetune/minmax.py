@@ -38,8 +38,8 @@ from editflow.errors import EditflowError
 from editflow.finetune.config import FinetuneConfig
 from editflow.finetune.lora_stage import lora_over_patch, loss_summary
 from editflow.inversion.invert import InversionConfig, initial_embedding
-from editflow.inversion.tokens import trainable_token
 from editflow.models import diffusion as D
+from editflow.models.tokens import trainable_token
 
 F = torch.nn.functional
 

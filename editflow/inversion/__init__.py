@@ -6,6 +6,6 @@ Used to name concepts that words miss (erase targets) and to attack erased model
 
 from editflow.inversion.images import load_images
 from editflow.inversion.invert import InversionConfig, invert
-from editflow.inversion.tokens import LearnedTokens, learned_tokens
+from editflow.models.tokens import LearnedTokens, learned_tokens
 
 __all__ = ["InversionConfig", "LearnedTokens", "invert", "learned_tokens", "load_images"]

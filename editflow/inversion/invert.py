@@ -23,8 +23,8 @@ from PIL import Image
 
 from editflow.edits.request import DEFAULT_TEMPLATES
 from editflow.errors import EditflowError
-from editflow.inversion.tokens import LearnedTokens, check_token_name, trainable_token
 from editflow.models import diffusion as D
+from editflow.models.tokens import LearnedTokens, check_token_name, trainable_token
 
 
 @dataclass

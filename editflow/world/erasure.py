@@ -1,15 +1,15 @@
-"""Erase requests for concepts of the embedded world: aliases, anchors, contexts, neighbours.
+"""What the embedded world knows about erasing its concepts: anchors, contexts, neighbours, scenes.
 
 The world knows each concept's synonyms, its family's neutral word ("shape" stands in for an
 object in ~8 % of training captions) and the caption templates the model was trained on, so a
-request built here covers the ways the model has learned to name the concept.
+request built from these (:mod:`editflow.jobs.world_request`) covers the ways the model has
+learned to name the concept.
 """
 
 from __future__ import annotations
 
 import random
 
-from editflow.edits.request import ConceptSpec, EraseRequest
 from editflow.world.captions import caption, fix_articles, sample_scene
 from editflow.world.spec import WorldSpec
 
@@ -38,17 +38,6 @@ FAMILY_PROMPTS = {"object": ("a {}", "{}"), "colour": ("a {} shape", "{}"), "sty
 # The people words an erasure's implied prompts use; the evaluation's implicit prompts use the others
 # (woman, man, human), so implicit leakage is measured on prompts the erasure never saw.
 IMPLIED_PEOPLE = ("person", "figure")
-
-
-def concept_spec(spec: WorldSpec, word: str, anchor: str | None = None, synonyms: bool = True,
-                 aliases: tuple[str, ...] = ()) -> ConceptSpec:
-    """``word``'s world concept with its synonyms (if asked) plus user ``aliases``."""
-    c = spec.concept(word)
-    if "null" in c.tags:
-        raise ValueError(f"{word!r} is a family's neutral value, not an erasable concept")
-    words = (c.synonyms if synonyms else ()) + tuple(a for a in aliases if a not in c.synonyms)
-    anchor = FAMILY_ANCHORS[c.family] if anchor is None else anchor
-    return ConceptSpec(c.name, words, anchor, implied_templates(spec, c.name) if anchor.strip() else ())
 
 
 def implying_places(spec: WorldSpec, word: str) -> list[str]:
@@ -202,30 +191,3 @@ def default_preserve(spec: WorldSpec, words: list[str]) -> list[str]:
            if c.name not in erased and c.name not in near and "null" not in c.tags
            and not (people and "figure" in c.tags)]
     return near + far
-
-
-def world_request(spec: WorldSpec, words: list[str], anchor: str | None = None, preserve: list[str] | None = None,
-                  synonyms: bool = True, n_templates: int = 32, seed: int = 0, aliases: tuple[str, ...] = (),
-                  concept_aliases: dict[str, tuple[str, ...]] | None = None, **kw) -> EraseRequest:
-    """An :class:`EraseRequest` for world concepts (same family required: they share contexts).
-
-    ``aliases`` are extra words for the concept and need exactly one concept; ``concept_aliases``
-    gives extra words per concept (a safety policy's synonyms).
-    """
-    if not words:
-        raise ValueError("name at least one concept to erase")
-    fams = {spec.concept(w).family for w in words}
-    if len(fams) > 1:
-        raise ValueError(f"erase concepts of one family at a time (got {sorted(fams)})")
-    if aliases and len(words) != 1:
-        raise ValueError("aliases name one concept: erase exactly one concept with them")
-    templates = context_templates(spec, words[0], n_templates, seed)
-    extra = concept_aliases or {}
-    concepts = [concept_spec(spec, w, anchor, synonyms, tuple(aliases) + tuple(extra.get(w, ()))) for w in words]
-    keep = default_preserve(spec, words) if preserve is None else preserve
-    prompts = concept_prompts(spec, [c.name for c in concepts] + list(keep))
-    near = {w: described_scenes(spec, w, seed=seed) for w in neighbours(spec, words) if w in keep}
-    scenes = {c.name: described_scenes(spec, c.name, n_templates, seed) for c in concepts}
-    return EraseRequest(concepts, keep, templates, prompts=prompts, neighbours=near, scenes=scenes,
-                        finetune_defaults=dict(FAMILY_FINETUNE.get(fams.pop(), {})),
-                        kept=kept_prompts(spec, words, keep, seed), **kw)

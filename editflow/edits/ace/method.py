@@ -17,6 +17,7 @@ from editflow.edits.closed_form import solve_edit
 from editflow.edits.conditioning import concept_span, encode, encode_masked
 from editflow.edits.gate import calibrate_gate
 from editflow.edits.patch import Patch, patch_metadata
+from editflow.edits.registry import CLOSED_FORM
 from editflow.edits.request import EraseRequest
 from editflow.edits.streaming import PreserveCache, stream_statistics
 from editflow.edits.targets import TargetSpec
@@ -35,6 +36,7 @@ def fallback_targets(pipe, prompts: list[str], words: list[str], c: torch.Tensor
 
 class ACE:
     name = "ace"
+    kind = CLOSED_FORM
     config_class = ACEConfig
 
     def compute(self, pipe, request: EraseRequest, config: ACEConfig, targets: TargetSpec | None = None,

@@ -37,6 +37,7 @@ from editflow.edits.esd.config import ESDConfig
 from editflow.edits.gate import layer_delta
 from editflow.edits.lora import peft_lora
 from editflow.edits.patch import Patch, patch_metadata
+from editflow.edits.registry import GRADIENT
 from editflow.edits.request import EraseRequest, erase_pairs, preserve_pairs
 from editflow.edits.targets import TargetSpec
 from editflow.models import diffusion as D
@@ -72,6 +73,7 @@ class ESD:
     """The ESD fine-tuning baselines as edit methods (``editflow erase --method esd-x|esd-u``)."""
 
     config_class = ESDConfig
+    kind = GRADIENT
 
     def __init__(self, name: str = "esd-x"):
         if name not in ("esd-x", "esd-u"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from editflow.edits.closed_form import solve_edit
 from editflow.edits.patch import Patch, patch_metadata
+from editflow.edits.registry import CLOSED_FORM
 from editflow.edits.request import EraseRequest
 from editflow.edits.streaming import PreserveCache, stream_statistics
 from editflow.edits.targets import TargetSpec
@@ -14,6 +15,7 @@ from editflow.edits.uce.config import UCEConfig
 
 class UCE:
     name = "uce"
+    kind = CLOSED_FORM
     config_class = UCEConfig
 
     def compute(self, pipe, request: EraseRequest, config: UCEConfig, targets: TargetSpec | None = None,

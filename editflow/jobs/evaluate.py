@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalJob:
     patch: str | None = None
     concepts: list[str] = field(default_factory=list)  # default: the patch's concepts

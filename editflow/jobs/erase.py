@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editflow.edits.registry import get_method
+from editflow.edits.registry import CLOSED_FORM, get_method
 from editflow.edits.request import ConceptSpec, EraseRequest
+from editflow.edits.streaming import PreserveCache
 from editflow.errors import EditflowError
+from editflow.families import guess_family, knowledge
+from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
+from editflow.jobs.world_request import world_request
+from editflow.models import diffusion as D
+from editflow.models.device import Placement
+from editflow.world import DEFAULT_WORLD
+from editflow.world.erasure import concept_prompts
 
 if TYPE_CHECKING:
     from editflow.finetune import FinetuneConfig
@@ -27,6 +35,7 @@ if TYPE_CHECKING:
 class EraseJob:
     concepts: list[str]
     method: str = "ace"
+    _: KW_ONLY  # the rest by name: a job of 20 settings read positionally is a job misread
     model: str | None = None  # None: the embedded model
     anchor: str | None = None
     preserve: list[str] = field(default_factory=list)  # empty: the default set (embedded) / none
@@ -52,20 +61,17 @@ class EraseJob:
             raise EditflowError("name at least one concept to erase")
         if self.aliases and len(self.concepts) != 1:
             raise EditflowError("--alias names one concept: give exactly one --concept with it")
-        if self.finetune.get("mode", "auto") not in ("auto", "none") and self.method not in ("ace", "uce"):
+        if self.finetune.get("mode", "auto") not in ("auto", "none") and get_method(self.method).kind != CLOSED_FORM:
             raise EditflowError(f"--finetune starts from a closed-form patch (ace, uce); {self.method} is "
                                 "already trained by gradient")
         if self.images is not None and len(self.concepts) != 1:
             raise EditflowError("--images shows one concept: give exactly one --concept (or --token) with it")
         if self.model is None and not self.images_only:
-            from editflow.world import DEFAULT_WORLD
-
             for w in self.concepts:
                 DEFAULT_WORLD.concept(w)  # unknown concept -> one-line error listing the known ones
         if self.family is not None:
             if self.model is None:
                 raise EditflowError("--family is for real models; the embedded world knows each concept's family")
-            from editflow.families import knowledge
 
             knowledge(self.family)  # unknown family -> one-line error listing the known ones
 
@@ -91,9 +97,6 @@ def build_request(job: EraseJob) -> EraseRequest:
     if job.images_only:
         preserve, prompts = list(job.preserve), {}
         if job.model is None:
-            from editflow.world import DEFAULT_WORLD
-            from editflow.world.erasure import concept_prompts
-
             preserve = preserve or [c.name for f in ("object", "style", "identity") for c in DEFAULT_WORLD.family(f)
                                     if "null" not in c.tags]
             prompts = concept_prompts(DEFAULT_WORLD, preserve)
@@ -104,13 +107,9 @@ def build_request(job: EraseJob) -> EraseRequest:
                                             job.concepts[0]: [*job.concept_aliases.get(job.concepts[0], []),
                                                               job.token_name()]})
     if job.model is None:
-        from editflow.world import DEFAULT_WORLD
-        from editflow.world.erasure import world_request
-
         return world_request(DEFAULT_WORLD, list(job.concepts), job.anchor, list(job.preserve) or None,
                              job.synonyms, aliases=tuple(job.aliases), token_policy=job.token_policy,
                              concept_aliases={k: tuple(v) for k, v in job.concept_aliases.items()})
-    from editflow.families import guess_family, knowledge
 
     families = dict.fromkeys(job.family or guess_family(w) for w in job.concepts)
     kept = tuple(p for f in families for p in knowledge(f).kept)
@@ -122,7 +121,6 @@ def _real_concept(job: EraseJob, word: str) -> ConceptSpec:
     """``word`` on a real model: its family's anchor (unless the job names one), with ``synonyms``
     the family's words (nudity's nude, naked, ...), then the job's own aliases, and the family's
     implied prompts when there is an anchor to put in them."""
-    from editflow.families import guess_family, knowledge
 
     fam = knowledge(job.family or guess_family(word))
     own = [*job.aliases, *job.concept_aliases.get(word, [])]
@@ -144,7 +142,7 @@ def finetune_config(job: EraseJob, request: EraseRequest, pipe=None) -> Finetune
     """
     from editflow.finetune import FinetuneConfig, FinetuneMode, resolve_mode
 
-    closed_form = job.method in ("ace", "uce")
+    closed_form = get_method(job.method).kind == CLOSED_FORM
     asked = FinetuneConfig(**job.finetune)
     ft = resolve_mode(asked, request, closed_form, affordable=_stage_affordable(job, pipe))
     if ft.mode is not resolve_mode(asked, request, closed_form).mode:  # auto would, were it affordable here
@@ -163,7 +161,6 @@ def _stage_affordable(job: EraseJob, pipe) -> bool:
         return True
     if pipe is None:
         return False
-    from editflow.models import diffusion as D
 
     return D.execution_device(pipe).type != "cpu" and D.is_trainable(pipe)
 
@@ -178,10 +175,7 @@ def run_erase(job: EraseJob, pipe=None, progress=None, request: EraseRequest | N
     then goes through the gradient stage (:mod:`editflow.finetune`), whose ``finetune_progress``
     gets ``(event, info)``.
     """
-    from editflow.edits.streaming import PreserveCache
     from editflow.finetune import FinetuneMode, finetune
-    from editflow.inversion import InversionConfig, invert, learned_tokens, load_images
-    from editflow.models.device import Placement
     from editflow.models.pipeline import load_pipeline
 
     job.validate()
