@@ -63,7 +63,7 @@ def memorization(evaluator: Evaluator, reference_features: torch.Tensor, images)
 
 def attack_concept(pipe, patch, prompts: list[EvalPrompt], references, detector: Detector, evaluator: Evaluator,
                    config: AttackConfig, anchor: str | None = None, generation: GenerationConfig | None = None,
-                   progress=None, reference_features: torch.Tensor | None = None) -> dict:
+                   progress=None) -> dict:
     """Attack one concept: ``config.restarts`` inversions of ``references`` against the patched model
     (``patch=None``: the model itself), inverted together (:func:`~editflow.inversion.invert.invert_tries`;
     each try its own seed, starting from ``anchor`` and the mean embedding in turn), then one image
@@ -80,7 +80,7 @@ def attack_concept(pipe, patch, prompts: list[EvalPrompt], references, detector:
                            patch=patch, progress=step)
     drawn = draw_with_tokens(pipe, patch, [*learned, baseline_token(pipe, concept)], prompts, detector,
                              inv.templates, generation)
-    features = evaluator.image_features(references) if reference_features is None else reference_features
+    features = evaluator.image_features(references)
     tries = [{"concept": concept, "success": sum(found) / len(found), "images": images,
               "memorization": memorization(evaluator, features, images), "loss_last": tok.metadata["loss_last"]}
              for tok, (images, found) in zip(learned, drawn)]

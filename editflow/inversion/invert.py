@@ -94,7 +94,6 @@ def invert_tries(pipe, images: list[Image.Image], tokens: list[str], configs: li
     gens = [torch.Generator().manual_seed(c.seed) for c in configs]
     rngs = [random.Random(c.seed) for c in configs]
     sched = D.noise_scheduler(pipe.scheduler)  # once: building it per step costs 4 ms
-    device = D.execution_device(pipe)
     losses: list[list[float]] = [[] for _ in configs]
     inits = [initial_embedding(pipe, c) for c in configs]
     bounds = [None if c.radius is None else c.radius * init.norm(dim=-1, keepdim=True)
@@ -113,8 +112,7 @@ def invert_tries(pipe, images: list[Image.Image], tokens: list[str], configs: li
                 # the bare token: diffusers expands a multi-vector token itself
                 prompts += [rng.choice(c.templates).format(token) for _ in range(batch)]
             x0, noise, t = torch.cat(x0), torch.cat(noise), torch.cat(t)
-            pred = D.unet_output(pipe, D.add_noise(sched, x0, noise, t), t, D.text_features(pipe, prompts, device),
-                                 device)
+            pred = D.unet_output(pipe, D.add_noise(sched, x0, noise, t), t, D.text_features(pipe, prompts))
             err = (pred.float() - D.target(sched, x0, noise, t).float()).pow(2)
             per_try = err.reshape(len(configs), -1).mean(1)  # each try's mean squared error, as alone
             if not torch.isfinite(per_try).all():
@@ -128,10 +126,11 @@ def invert_tries(pipe, images: list[Image.Image], tokens: list[str], configs: li
                         step = param - init
                         shrink = (bound / step.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
                         param.copy_(init + step * shrink)
-            for k, value in enumerate(per_try.tolist()):
-                losses[k].append(value)
+            values = per_try.tolist()
+            for curve, value in zip(losses, values):
+                curve.append(value)
             if progress is not None:
-                progress(1, sum(per_try.tolist()) / len(configs))
+                progress(1, sum(values) / len(values))
         vectors = [param.detach().to("cpu", torch.float32).clone() for param in params]
     out = []
     for token, c, vec, curve in zip(tokens, configs, vectors, losses):

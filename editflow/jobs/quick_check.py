@@ -49,12 +49,12 @@ def detection_rates(pipe, judge: Evaluator, spec: WorldSpec, dset: DetectionSet,
     return {c: sum(v) / len(v) for c, v in rates.items()}
 
 
-def before_after(pipe, patch, erased: list[str], kept: list[str], per_concept: int, device=None,
+def before_after(pipe, patch, erased: list[str], kept: list[str], per_concept: int, device="cpu",
                  progress_factory=None) -> dict[str, dict]:
     """Detection rates of the ``erased`` world concepts and of the ``kept`` ones of their family
     (the quick check looks at neighbours only), before and after ``patch``, with the embedded judge
     next to the model; ``progress_factory(total, desc)`` may return a bar."""
-    judge = Evaluator.from_dir(embedded_dir() / "evaluator", device=device or "cpu")
+    judge = Evaluator.from_dir(embedded_dir() / "evaluator", device=device)
     family = DEFAULT_WORLD.concept(erased[0]).family
     kept = [k for k in kept if DEFAULT_WORLD.concept(k).family == family]
     dset = detection_set(DEFAULT_WORLD, erased + kept, per_concept)

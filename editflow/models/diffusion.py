@@ -133,20 +133,19 @@ def sample_timesteps(scheduler, n: int, gen: torch.Generator, low: float = 0.0, 
                          device=gen.device)
 
 
-def text_features(pipe, prompts: list[str], device: torch.device | None = None) -> torch.Tensor:
+def text_features(pipe, prompts: list[str]) -> torch.Tensor:
     """Conditional text features as the pipeline computes them (differentiable: the caller decides
     on ``no_grad``); learned textual-inversion tokens loaded into the pipeline are honoured. In the
-    text encoder's dtype, on the execution device (``device``, when the caller already knows it)."""
-    return pipe.encode_prompt(prompt=prompts, device=device or execution_device(pipe), num_images_per_prompt=1,
+    text encoder's dtype, on the execution device."""
+    return pipe.encode_prompt(prompt=prompts, device=execution_device(pipe), num_images_per_prompt=1,
                               do_classifier_free_guidance=False)[0]
 
 
-def unet_output(pipe, x_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
-                device: torch.device | None = None) -> torch.Tensor:
+def unet_output(pipe, x_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """The UNet's prediction for ``x_t`` at ``t`` given text ``features``: the inputs are cast to the
-    UNet's dtype on its execution device (``device``, when the caller already knows it), the
-    prediction comes back float32 (losses are float32; gradients flow through both casts)."""
-    device, dtype = device or execution_device(pipe), pipe.unet.dtype
+    UNet's dtype on its execution device, the prediction comes back float32 (losses are float32;
+    gradients flow through both casts)."""
+    device, dtype = execution_device(pipe), pipe.unet.dtype
     out = pipe.unet(x_t.to(device, dtype), t.to(device), encoder_hidden_states=features.to(device, dtype)).sample
     return out.float()
 
